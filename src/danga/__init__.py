@@ -1,0 +1,58 @@
+"""danga: an event loop and event-driven async socket base class.
+
+A faithful, faster and safer successor to Perl's Danga::Socket. Subclass
+:class:`Socket`, react to ``event_read`` / ``event_write`` / ``event_err`` /
+``event_hup``, and run a :class:`Loop`::
+
+    import danga
+
+    class Echo(danga.Socket):
+        def event_read(self):
+            data = self.read(65536)
+            if data is None:
+                self.close("eof")
+            elif data:
+                self.write(data)
+
+Importing danga is cheap: backends are discovered only when a choice needs them.
+"""
+
+from __future__ import annotations
+
+from .listener import Listener
+from .loop import Loop, get_loop
+from .poller import (
+    API_VERSION,
+    ERR,
+    HUP,
+    READ,
+    WRITE,
+    BackendError,
+    BackendUnavailable,
+    FdOutOfRange,
+    UnknownBackend,
+    UnsupportedFileType,
+)
+from .socket import Socket
+from .timers import Timer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "API_VERSION",
+    "ERR",
+    "HUP",
+    "READ",
+    "WRITE",
+    "BackendError",
+    "BackendUnavailable",
+    "FdOutOfRange",
+    "Listener",
+    "Loop",
+    "Socket",
+    "Timer",
+    "UnknownBackend",
+    "UnsupportedFileType",
+    "__version__",
+    "get_loop",
+]

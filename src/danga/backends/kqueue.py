@@ -1,0 +1,142 @@
+"""The kqueue backend (macOS, FreeBSD and the other BSDs).
+
+Facts about kqueue, and what danga does about them:
+
+- Interest is a set of *filters*: EVFILT_READ and EVFILT_WRITE are separate knotes, and
+  one fd that is readable and writable comes back as two kevents. danga merges them into
+  one (fd, mask) entry per batch and sizes the event buffer by the number of filters
+  (CPython's KqueueSelector once sized it by fds and needed two calls: gh-110038).
+- EV_EOF on a filter means the peer hung up (HUP); with a non-zero fflags it carries a
+  socket error (ERR). EV_ERROR on a returned event means the change failed (ERR).
+- The kernel removes knotes when the fd is closed, so deleting a filter of a closed fd
+  fails with EBADF (FreeBSD) or ENOENT (macOS): both are success here (trio does the same).
+- Adding a filter for a tty or some devices fails with EINVAL on macOS: that is reported
+  as UnsupportedFileType at registration, never as a hang later (pitfalls C7). Regular
+  files are refused at registration as on every backend.
+- ERR and HUP need no filter of their own: an fd watched for neither READ nor WRITE has
+  no knote and reports nothing (Danga added disabled filters to the same effect).
+- The kqueue fd is close-on-exec (CPython) and is not inherited usefully across fork;
+  the core rebuilds the poller in a child.
+- The kqueue primitive is reached through ``_kq`` (the ``select`` module) so the tests
+  can run this exact translation over an emulation on Linux.
+"""
+
+from __future__ import annotations
+
+import errno
+import select
+from types import ModuleType
+from typing import Any, ClassVar
+
+from ..poller import (
+    API_VERSION,
+    ERR,
+    HUP,
+    READ,
+    WRITE,
+    BackendUnavailable,
+    UnsupportedFileType,
+    check_pollable,
+)
+from ._common import Events, closed_error, wait_at_least
+
+
+class KqueuePoller:
+    """Level-triggered kqueue (no EV_CLEAR)."""
+
+    name: ClassVar[str] = "kqueue"
+    priority: ClassVar[int] = 100
+    api_version: ClassVar[int] = API_VERSION
+    #: The module providing kqueue, kevent and the KQ_* constants.
+    _kq: ClassVar[ModuleType | Any] = select
+
+    @classmethod
+    def probe(cls) -> None:
+        """Raises BackendUnavailable unless a kqueue can be created and polled here."""
+        if not hasattr(cls._kq, "kqueue"):
+            raise BackendUnavailable(cls.name, "select.kqueue does not exist on this platform")
+        try:
+            kq = cls._kq.kqueue()
+            try:
+                kq.control(None, 1, 0)
+            finally:
+                kq.close()
+        except OSError as exc:
+            raise BackendUnavailable(cls.name, f"kqueue does not work here: {exc}") from exc
+
+    def __init__(self) -> None:
+        m = self._kq
+        self._q: Any = m.kqueue()
+        self._filters = 0  # knotes registered: sizes the event buffer
+        self._fds: set[int] = set()
+        # OS flags, mapped once.
+        self._kevent = m.kevent
+        self._f_read = m.KQ_FILTER_READ
+        self._f_write = m.KQ_FILTER_WRITE
+        self._ev_add = m.KQ_EV_ADD
+        self._ev_delete = m.KQ_EV_DELETE
+        self._ev_eof = m.KQ_EV_EOF
+        self._ev_error = m.KQ_EV_ERROR
+
+    def modify(self, fd: int, old: int, new: int) -> None:
+        """See Poller.modify. Raises OSError (EBADF), UnsupportedFileType, RuntimeError."""
+        q = self._q
+        if q is None:
+            raise closed_error(self.name)
+        if new and fd not in self._fds:
+            check_pollable(fd)
+        for bit, filt in ((READ, self._f_read), (WRITE, self._f_write)):
+            if new & bit and not old & bit:
+                try:
+                    q.control([self._kevent(fd, filt, self._ev_add)], 0, 0)
+                except OSError as exc:
+                    if exc.errno == errno.EINVAL:
+                        raise UnsupportedFileType(
+                            errno.EINVAL,
+                            f"kqueue cannot watch fd {fd} (a tty or device?); "
+                            "use DANGA_BACKEND=select for it",
+                        ) from exc
+                    raise
+                self._filters += 1
+            elif old & bit and not new & bit:
+                self._filters -= 1
+                try:
+                    q.control([self._kevent(fd, filt, self._ev_delete)], 0, 0)
+                except OSError as exc:
+                    # The kernel already dropped the knote of a closed fd.
+                    if exc.errno not in (errno.EBADF, errno.ENOENT):
+                        raise
+        (self._fds.add if new else self._fds.discard)(fd)
+
+    def poll(self, timeout: float | None) -> Events:
+        """See Poller.poll. Raises RuntimeError after close()."""
+        q = self._q
+        if q is None:
+            raise closed_error(self.name)
+        n = self._filters if self._filters > 0 else 1
+        if timeout is None or timeout <= 0:
+            kevents = q.control(None, n, timeout if timeout is None else 0)
+        else:
+            kevents = wait_at_least(lambda t: q.control(None, n, t), timeout)
+        if not kevents:
+            return []
+        masks: dict[int, int] = {}
+        f_read, ev_eof, ev_error = self._f_read, self._ev_eof, self._ev_error
+        for kev in kevents:
+            flags = kev.flags
+            if flags & ev_error:
+                mask = ERR
+            else:
+                mask = READ if kev.filter == f_read else WRITE
+                if flags & ev_eof:
+                    mask |= ERR | HUP if kev.fflags else HUP
+            fd = kev.ident
+            masks[fd] = masks.get(fd, 0) | mask
+        return list(masks.items())
+
+    def close(self) -> None:
+        """Close the kqueue fd. Idempotent."""
+        q, self._q = self._q, None
+        if q is not None:
+            q.close()
+            self._fds.clear()

@@ -1,0 +1,123 @@
+"""danga.Listener: a Socket over a listening socket that accepts in a loop.
+
+Running out of file descriptors (EMFILE/ENFILE) or kernel memory (ENOBUFS/ENOMEM) on
+accept() leaves the connection queued, so the listener stays readable and a naive loop
+spins at 100% CPU (libev's ev.pod, libuv#690, asyncio's ACCEPT_RETRY_DELAY). Listener
+stops watching read for a back-off, logs once per episode, and resumes.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket as _socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .loop import logger
+from .socket import Socket
+
+if TYPE_CHECKING:
+    from .loop import Loop
+    from .timers import Timer
+
+__all__ = ["Listener"]
+
+_RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+# The peer went away between the kernel's queueing and our accept(): try the next one.
+_TRANSIENT_ERRNOS = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR}
+
+
+class Listener(Socket):
+    """Accepts connections and calls :meth:`on_accept` for each.
+
+    ``factory``, if given, is called as ``factory(conn, loop=loop)`` by the default
+    :meth:`on_accept` (a Socket subclass fits). ``backoff`` is the pause, in seconds,
+    after running out of fds; ``max_accepts`` bounds the accepts per readable event so
+    one busy listener cannot starve the other sockets.
+
+    Raises:
+        TypeError: *sock* is not a socket, or *factory* is not callable.
+        ValueError, OSError: as :class:`Socket`.
+    """
+
+    __slots__ = ("_backoff", "_factory", "_max_accepts", "_paused", "accepted")
+
+    def __init__(
+        self,
+        sock: _socket.socket,
+        *,
+        loop: Loop | None = None,
+        factory: Callable[..., Any] | None = None,
+        backoff: float = 0.1,
+        max_accepts: int = 128,
+    ) -> None:
+        if not isinstance(sock, _socket.socket):
+            raise TypeError(f"Listener needs a listening socket.socket, not {type(sock).__name__}")
+        if factory is not None and not callable(factory):
+            raise TypeError(f"factory must be callable, not {type(factory).__name__}")
+        super().__init__(sock, loop=loop)
+        self._factory = factory
+        self._backoff = backoff
+        self._max_accepts = max_accepts
+        self._paused: Timer | None = None
+        #: Connections accepted so far.
+        self.accepted = 0
+        self.watch_read(True)
+
+    def event_read(self) -> None:
+        """Accept up to ``max_accepts`` connections; pause on fd exhaustion."""
+        sock = self.sock
+        for _ in range(self._max_accepts):
+            if self.closed or self._paused is not None:
+                return
+            try:
+                conn, addr = sock.accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno in _RESOURCE_ERRNOS:
+                    self._pause(exc)
+                    return
+                if exc.errno in _TRANSIENT_ERRNOS:
+                    continue
+                raise
+            conn.setblocking(False)
+            self.accepted += 1
+            try:
+                self.on_accept(conn, addr)
+            except Exception as exc:
+                # One bad connection must not close the listener: report it without an
+                # object (so the default handler closes nothing) and drop the connection.
+                self.loop._callback_failed(exc, None, self.on_accept, "Listener.on_accept")
+
+    def on_accept(self, conn: _socket.socket, addr: Any) -> None:
+        """Handle one accepted, non-blocking connection. Override it, or pass ``factory``.
+
+        The default calls ``factory(conn, loop=self.loop)``, or closes *conn* with a
+        warning when there is no factory.
+        """
+        if self._factory is not None:
+            self._factory(conn, loop=self.loop)
+            return
+        logger.warning("%s accepted %r but has no factory and does not override on_accept;"
+                       " closing it", type(self).__name__, addr)
+        conn.close()
+
+    def _pause(self, exc: OSError) -> None:
+        logger.warning("%s: accept() failed (%s); pausing accepts for %.3fs",
+                       self.as_string(), exc.strerror, self._backoff)
+        self.watch_read(False)
+        self._paused = self.loop.add_timer(self._backoff, self._resume)
+
+    def _resume(self) -> None:
+        self._paused = None
+        if not self.closed:
+            self.watch_read(True)
+            logger.info("%s: resuming accepts", self.as_string())
+
+    def close(self, reason: str | None = None) -> None:
+        """Close the listener (cancelling a pending resume)."""
+        if self._paused is not None:
+            self._paused.cancel()
+            self._paused = None
+        super().close(reason)

@@ -1,0 +1,692 @@
+"""danga.Socket: the Danga::Socket base class (read/write queues, watches, close).
+
+Subclass it and override ``event_read`` (and ``event_write``, ``event_err``,
+``event_hup`` as needed). The object registers itself in its loop's descriptor map on
+construction, interested in ERR|HUP only; ``watch_read`` / ``watch_write`` change the
+interest, and the loop applies the change just before it next polls.
+
+Writes go straight to the kernel when nothing is queued (one ``send()``); a remainder is
+queued as a zero-copy ``memoryview`` slice and several queued buffers are flushed with
+one ``sendmsg()``. Reads are one ``recv()``, after any pushed-back data.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket as _socket
+import sys
+import traceback
+import types
+from collections import deque
+from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from .loop import _graveyard, debug_msg, get_loop, logger
+from .poller import ERR, HUP, READ, WRITE
+
+if TYPE_CHECKING:
+    from .loop import Loop, OtherFds, PostLoopCallback
+    from .timers import Timer
+
+__all__ = ["MAX_READ", "Socket"]
+
+#: The most one read() asks of the kernel (Danga's 1 MiB cap; recv(n) allocates n).
+MAX_READ = 1 << 20
+#: The most buffers one sendmsg() is handed.
+_MAX_IOV = 64
+
+if sys.platform.startswith("linux"):
+    _CORK_OPT: int | None = getattr(_socket, "TCP_CORK", 3)
+elif sys.platform == "darwin" or "bsd" in sys.platform:
+    _CORK_OPT = getattr(_socket, "TCP_NOPUSH", 4)  # BSD's push/nopush (Danga's gap)
+else:
+    _CORK_OPT = None
+
+# errnos a setsockopt(TCP_CORK) may give that mean "not applicable here": ignored.
+_CORK_IGNORED = {errno.ENOPROTOOPT, errno.EOPNOTSUPP, errno.ENOTSOCK, errno.EINVAL}
+_WRITE_REASONS = {errno.EPIPE: "EPIPE", errno.ECONNRESET: "ECONNRESET"}
+_BUFFER_TYPES = (bytes, bytearray, memoryview)
+
+
+def _class_or_instance(class_fn: Callable[..., Any], inst_fn: Callable[..., Any]) -> Any:
+    """A method that does one thing on the class and another on an instance (Danga's
+    SetPostLoopCallback: global on the class, per-object on an object)."""
+
+    class _Dual:
+        def __get__(self, obj: Any, objtype: Any = None) -> Any:
+            if obj is None:
+                return partial(class_fn, objtype)
+            return types.MethodType(inst_fn, obj)
+
+    return _Dual()
+
+
+class Socket:
+    """An event-driven, non-blocking socket (or pipe) in a :class:`danga.Loop`.
+
+    ``sock`` is a socket, or any object with ``fileno()`` (pipes and fifos are read and
+    written with ``os.read``/``os.write``). danga sets it non-blocking and owns it from
+    now on: ``close()`` closes it.
+
+    Raises:
+        TypeError: *sock* has no ``fileno()``.
+        ValueError: *sock* is closed, or its fd is already owned by another live Socket.
+        OSError: the fd cannot be watched (UnsupportedFileType for regular files).
+        FdOutOfRange: the fd is too large for the backend (select).
+        RuntimeError: the loop is closed.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_born",
+        "_corked",
+        "_event_watch",
+        "_pb",
+        "_pb_size",
+        "_peer",
+        "_local",
+        "_recv",
+        "_send",
+        "_sendv",
+        "_tcp",
+        "_wbuf",
+        "_write_set_watch",
+        "_writer",
+        "close_reason",
+        "closed",
+        "fd",
+        "loop",
+        "sock",
+        "write_buf_size",
+    )
+
+    def __init__(self, sock: Any, *, loop: Loop | None = None) -> None:
+        if loop is None:
+            loop = get_loop()
+        loop._check_open()
+        fileno = getattr(sock, "fileno", None)
+        if fileno is None:
+            raise TypeError(
+                f"danga.Socket needs a socket or an object with fileno(), not "
+                f"{type(sock).__name__}; wrap a raw fd with socket.socket(fileno=fd) "
+                "or os.fdopen(fd)"
+            )
+        try:
+            fd = fileno()
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"cannot wrap {sock!r}: it is closed ({exc})") from exc
+        if not isinstance(fd, int) or fd < 0:
+            raise ValueError(
+                f"cannot wrap {sock!r}: it is closed (fileno() returned {fd!r}); "
+                "pass an open socket or pipe"
+            )
+        existing = loop.descriptor_map.get(fd)
+        if existing is not None and not existing.closed:
+            raise ValueError(
+                f"fd {fd} is already owned by {existing.as_string()}; close() or "
+                "steal_socket() that object first"
+            )
+        is_socket = isinstance(sock, _socket.socket)
+        try:
+            was_blocking = sock.getblocking() if is_socket else os.get_blocking(fd)
+            if is_socket:
+                sock.setblocking(False)
+            else:
+                os.set_blocking(fd, False)
+        except OSError as exc:
+            raise type(exc)(
+                exc.errno, f"cannot wrap {sock!r} (fd {fd}): {exc.strerror}; "
+                "pass an open socket or pipe"
+            ) from exc
+        self.sock: Any = sock
+        self.fd: int = fd
+        self.loop: Loop = loop
+        self.closed = False
+        self.close_reason: str | None = None
+        self.write_buf_size = 0
+        self._event_watch = ERR | HUP
+        self._wbuf: deque[Any] = deque()
+        self._write_set_watch = False
+        self._pb: deque[bytes] | None = None
+        self._pb_size = 0
+        self._corked = False
+        self._writer: Callable[[Any], int] | None = None
+        self._peer: tuple[str | None, str | None] | None = None
+        self._local: tuple[str | None, str | None] | None = None
+        self._born = loop._batch
+        if is_socket:
+            self._recv: Callable[[int], bytes] = sock.recv
+            self._send: Callable[[Any], int] = sock.send
+            # Exact type only: ssl.SSLSocket and friends override send but not sendmsg.
+            plain = type(sock) is _socket.socket and hasattr(sock, "sendmsg")
+            self._sendv: Callable[[list[Any]], int] | None = sock.sendmsg if plain else None
+            self._tcp = (sock.family in (_socket.AF_INET, _socket.AF_INET6)
+                         and sock.type == _socket.SOCK_STREAM)
+        else:
+            self._recv = partial(os.read, fd)
+            self._send = partial(os.write, fd)
+            writev = getattr(os, "writev", None)
+            self._sendv = partial(writev, fd) if writev is not None else None
+            self._tcp = False
+        try:
+            loop._register(self)
+        except BaseException:
+            try:
+                if is_socket:
+                    sock.setblocking(was_blocking)
+                else:
+                    os.set_blocking(fd, was_blocking)
+            except OSError:
+                pass
+            raise
+
+    # -- the events (override these) -----------------------------------------------------
+
+    def event_read(self) -> None:
+        """Called when readable (or pushed-back data waits). Override it.
+
+        Raises:
+            NotImplementedError: always, in the base class (Danga dies the same way); the
+                default exception handler then logs it and closes the object.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} watches read but does not override event_read"
+        )
+
+    def event_write(self) -> None:
+        """Called when writable. The default flushes the write queue (``write(None)``)."""
+        self.write(None)
+
+    def event_err(self) -> None:
+        """Called on an error condition. The default closes the object ("event_err")."""
+        self.close("event_err")
+
+    def event_hup(self) -> None:
+        """Called on hang-up. The default closes the object ("event_hup")."""
+        self.close("event_hup")
+
+    # -- watches -------------------------------------------------------------------------
+
+    def watch_read(self, on: bool = True) -> None:
+        """Watch (or stop watching) readability. No system call if nothing changes; the
+        change reaches the kernel just before the loop next polls."""
+        if self.closed:
+            return
+        mask = self._event_watch
+        new = mask | READ if on else mask & ~READ
+        if new != mask:
+            self._event_watch = new
+            self.loop._dirty[self.fd] = self
+
+    def watch_write(self, on: bool = True) -> None:
+        """Watch (or stop watching) writability.
+
+        Turning it on here hands the watch to the subclass: it stays on after the write
+        queue drains, even if danga had turned it on itself (Danga 1.60).
+        """
+        if self.closed:
+            return
+        if on:
+            self._write_set_watch = False
+        self._set_write_watch(on)
+
+    def _set_write_watch(self, on: bool) -> None:
+        mask = self._event_watch
+        new = mask | WRITE if on else mask & ~WRITE
+        if new != mask:
+            self._event_watch = new
+            self.loop._dirty[self.fd] = self
+
+    def on_incomplete_write(self) -> None:
+        """Called when a write could not hand everything to the kernel (partial write or
+        EAGAIN). The default turns the write watch on, as danga's own (released when the
+        queue drains). Override to wait for something else (TLS wanting a read)."""
+        if not self._event_watch & WRITE:
+            self._write_set_watch = True
+            self._set_write_watch(True)
+
+    # -- writing -------------------------------------------------------------------------
+
+    def write(self, data: Any = None) -> bool:
+        """Send or queue *data*: bytes-like, a callable (run, with no arguments, once all
+        before it is written), or None (flush the queue).
+
+        Returns True when everything has been handed to the kernel, False while data is
+        still queued (or the write failed and closed the object). On a closed object it
+        returns True and sends nothing, as Danga does. EPIPE, ECONNRESET and other errors
+        call ``self.close(reason)`` ("EPIPE", "ECONNRESET", "write_error").
+
+        Raises:
+            TypeError: *data* is a str or another type that is not bytes-like or callable.
+        """
+        if self.closed:
+            return True
+        if data is None:
+            return self._flush() if self._wbuf else True
+        cls = data.__class__
+        if cls is not bytes and cls is not bytearray and cls is not memoryview:
+            if callable(data):
+                if self.write_buf_size:
+                    self._wbuf.append(data)
+                    self.write_buf_size += 1
+                    return False
+                data()  # nothing queued before it: run it now
+                return self._flush() if self._wbuf and not self.closed else True
+            data = _as_bytes_view(data)
+        elif cls is memoryview and (data.format != "B" or data.ndim != 1):
+            data = data.cast("B")  # so that len() counts bytes
+        if self.write_buf_size:
+            self._enqueue(data)
+            return False
+        send = self._writer or self._send
+        while True:
+            try:
+                sent = send(data)
+                break
+            except BlockingIOError:
+                sent = 0
+                break
+            except InterruptedError:
+                continue
+            except OSError as exc:
+                return self._write_failed(exc)
+        if sent >= len(data):
+            if self._write_set_watch:
+                self._write_set_watch = False
+                self._set_write_watch(False)
+            return True
+        self._enqueue(memoryview(data)[sent:] if sent else data)
+        self.on_incomplete_write()
+        return False
+
+    def _enqueue(self, data: Any) -> None:
+        # bytes and read-only buffers are queued as zero-copy views; a mutable buffer's
+        # unsent part is copied, so the caller may reuse (or resize) it at once.
+        if data.__class__ is not bytes:
+            view = data if data.__class__ is memoryview else memoryview(data)
+            if view.format != "B" or view.ndim != 1:
+                view = view.cast("B")
+            data = view if view.readonly else bytes(view)
+        if data:
+            self._wbuf.append(data)
+            self.write_buf_size += len(data)
+
+    def _flush(self) -> bool:
+        wbuf = self._wbuf
+        while wbuf:
+            head = wbuf[0]
+            if callable(head):
+                wbuf.popleft()
+                self.write_buf_size -= 1
+                head()
+                if self.closed:
+                    return True
+                continue
+            sendv = self._sendv
+            bufs: list[Any] = []
+            if sendv is not None and self._writer is None and len(wbuf) > 1:
+                for item in wbuf:
+                    if callable(item) or len(bufs) == _MAX_IOV:
+                        break
+                    bufs.append(item)
+            try:
+                if len(bufs) > 1:
+                    assert sendv is not None
+                    want = sum(map(len, bufs))
+                    sent = sendv(bufs)
+                else:
+                    want = len(head)
+                    sent = (self._writer or self._send)(head)
+            except BlockingIOError:
+                self.on_incomplete_write()
+                return False
+            except InterruptedError:
+                continue
+            except OSError as exc:
+                return self._write_failed(exc)
+            self.write_buf_size -= sent
+            left = sent
+            while left:
+                first = wbuf[0]
+                if left >= len(first):
+                    left -= len(first)
+                    wbuf.popleft()
+                else:
+                    wbuf[0] = memoryview(first)[left:]
+                    left = 0
+            if sent < want:
+                self.on_incomplete_write()
+                return False
+        if self._write_set_watch:
+            self._write_set_watch = False
+            self._set_write_watch(False)
+        return True
+
+    def _write_failed(self, exc: OSError) -> bool:
+        reason = _WRITE_REASONS.get(exc.errno or 0, "write_error")
+        logger.debug("%s: write failed (%s), closing", self.as_string(), exc)
+        self.close(reason)
+        return False
+
+    def set_writer_func(self, fn: Callable[[Any], int] | None) -> None:
+        """Replace ``send`` with ``fn(buffer) -> bytes written`` (None restores it).
+
+        *fn* follows send's contract: it may write less than asked, raises
+        BlockingIOError when it can write nothing now, and another OSError on failure.
+
+        Raises:
+            TypeError: *fn* is neither callable nor None.
+        """
+        if fn is not None and not callable(fn):
+            raise TypeError(f"the writer function must be callable, not {type(fn).__name__}")
+        self._writer = fn
+
+    # -- reading -------------------------------------------------------------------------
+
+    def read(self, n: int) -> bytes | None:
+        """Up to *n* bytes: pushed-back data first (one chunk, split if larger than *n*),
+        else one ``recv``. Returns b"" when nothing is available now, None at EOF, on an
+        error or when closed. ``read(0)`` returns b"".
+
+        Raises:
+            TypeError: *n* is not an int.
+            ValueError: *n* is negative.
+        """
+        if n.__class__ is not int or n <= 0:
+            if isinstance(n, bool) or not isinstance(n, int):
+                raise TypeError(f"read() takes a byte count (int), not {type(n).__name__}")
+            if n < 0:
+                raise ValueError(f"read() byte count must be >= 0, not {n}")
+            return None if self.closed else b""
+        if self.closed:
+            return None
+        pb = self._pb
+        if pb:
+            chunk = pb[0]
+            if len(chunk) <= n:
+                pb.popleft()
+            else:
+                pb[0] = chunk[n:]
+                chunk = chunk[:n]
+            self._pb_size -= len(chunk)
+            return chunk
+        while True:
+            try:
+                data = self._recv(n if n <= MAX_READ else MAX_READ)
+                break
+            except BlockingIOError:
+                return b""
+            except InterruptedError:
+                continue
+            except OSError as exc:
+                logger.debug("%s: read failed: %s", self.as_string(), exc)
+                return None
+        return data if data else None
+
+    def push_back_read(self, buf: bytes | bytearray | memoryview) -> None:
+        """Put *buf* back so the next read() returns it (FIFO after earlier push-backs).
+        Post-event work re-fires event_read while the object watches read, until the
+        pushed-back data is drained. Ignored on a closed object.
+
+        Raises:
+            TypeError: *buf* is not bytes-like.
+        """
+        if not isinstance(buf, _BUFFER_TYPES):
+            buf = _as_bytes_view(buf)
+        data = bytes(buf)
+        if self.closed or not data:
+            return
+        if self._pb is None:
+            self._pb = deque()
+        self._pb.append(data)
+        self._pb_size += len(data)
+        self.loop._push_back[self.fd] = self
+
+    # -- closing -------------------------------------------------------------------------
+
+    def close(self, reason: str | None = None) -> None:
+        """Close: unregister now, drop the write queue, uncork; the OS close (and removal
+        from the descriptor map) happens in post-event work, so the fd number cannot be
+        reused within this batch. Idempotent."""
+        if self.closed:
+            return
+        raw = self._shut(reason)
+        self.loop._detach(self, raw, steal=False)
+
+    def steal_socket(self) -> Any:
+        """Take the socket away: the object is closed and leaves the descriptor map at
+        once, the socket stays open and is returned (None if already closed)."""
+        if self.closed:
+            return None
+        raw = self._shut("stolen")
+        self.loop._detach(self, raw, steal=True)
+        return raw
+
+    def _shut(self, reason: str | None) -> Any:
+        self.closed = True
+        self.close_reason = reason
+        if self._corked:
+            self._set_cork(False)
+        self._wbuf.clear()
+        self.write_buf_size = 0
+        self._pb = None
+        self._pb_size = 0
+        raw, self.sock = self.sock, None
+        return raw
+
+    def _lost_fd(self) -> None:
+        """The fd was closed behind danga's back: close the object without ever closing
+        the fd number again (it may belong to someone else by now)."""
+        raw = self.sock
+        detach = getattr(raw, "detach", None)
+        if isinstance(raw, _socket.socket) and detach is not None:
+            detach()
+        else:
+            _graveyard.append(raw)  # its finaliser must not close the number either
+            self.sock = None
+        self.close("fd closed behind danga's back")
+
+    # -- TCP_CORK ------------------------------------------------------------------------
+
+    def tcp_cork(self, on: bool) -> None:
+        """TCP_CORK on Linux, TCP_NOPUSH on BSD and macOS; a silent no-op on non-TCP
+        sockets and pipes (never closes them)."""
+        if self.closed or bool(on) == self._corked:
+            return
+        self._set_cork(bool(on))
+
+    def _set_cork(self, on: bool) -> None:
+        if not self._tcp or _CORK_OPT is None or self.sock is None:
+            return
+        try:
+            self.sock.setsockopt(_socket.IPPROTO_TCP, _CORK_OPT, 1 if on else 0)
+        except OSError as exc:
+            if exc.errno not in _CORK_IGNORED:
+                raise
+            return
+        self._corked = on
+
+    # -- addresses -----------------------------------------------------------------------
+
+    def _address(self, peer: bool) -> tuple[str | None, str | None]:
+        cached = self._peer if peer else self._local
+        if cached is not None:
+            return cached
+        sock = self.sock
+        if not isinstance(sock, _socket.socket):
+            return (None, None)
+        try:
+            addr = sock.getpeername() if peer else sock.getsockname()
+        except OSError:
+            return (None, None)
+        family = sock.family
+        if family == _socket.AF_INET:
+            result: tuple[str | None, str | None] = (addr[0], f"{addr[0]}:{addr[1]}")
+        elif family == _socket.AF_INET6:
+            result = (addr[0], f"[{addr[0]}]:{addr[1]}")
+        elif family == getattr(_socket, "AF_UNIX", None):
+            path = addr.decode(errors="replace") if isinstance(addr, bytes) else addr
+            return (None, path or None)
+        else:
+            return (None, None)
+        if peer:
+            self._peer = result
+        else:
+            self._local = result
+        return result
+
+    def peer_ip_string(self) -> str | None:
+        """The peer's IP ("1.2.3.4", "::1"), or None (closed, unconnected, AF_UNIX)."""
+        return self._address(True)[0]
+
+    def peer_addr_string(self) -> str | None:
+        """"ip:port", "[v6]:port", the AF_UNIX path, or None where there is none."""
+        return self._address(True)[1]
+
+    def local_ip_string(self) -> str | None:
+        """The local IP, or None."""
+        return self._address(False)[0]
+
+    def local_addr_string(self) -> str | None:
+        """The local "ip:port" / "[v6]:port" / AF_UNIX path, or None."""
+        return self._address(False)[1]
+
+    def as_string(self) -> str:
+        """Danga's format: ``"Class(RW): open to 1.2.3.4:5"`` / ``"Class(R): closed"``."""
+        watch = self._event_watch
+        flags = ("R" if watch & READ else "") + ("W" if watch & WRITE else "")
+        text = f"{type(self).__name__}({flags}): {'closed' if self.closed else 'open'}"
+        if not self.closed:
+            peer = self.peer_addr_string()
+            if peer:
+                text += f" to {peer}"
+        return text
+
+    def __repr__(self) -> str:
+        return self.as_string()
+
+    # -- callbacks and debugging ---------------------------------------------------------
+
+    def set_post_loop_callback(self, callback: PostLoopCallback | None) -> None:
+        """This object's post-loop callback, ``callback(descriptor_map, other_fds)``, run
+        after each iteration until the object closes; None removes it.
+
+        Raises:
+            TypeError: *callback* is neither callable nor None.
+        """
+        if self.closed:
+            return
+        self.loop._set_plc(self, callback)
+
+    def debugmsg(self, fmt: str, *args: Any) -> None:
+        """Danga's debugmsg: ``>>> message`` on stderr and DEBUG on the ``danga`` logger."""
+        debug_msg(fmt, *args)
+
+    def dump_error(self, msg: str) -> None:
+        """Log ``ERROR: msg``, this object's as_string() and a traceback on ``danga``."""
+        exc = sys.exc_info()[1]
+        if exc is not None:
+            trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        else:
+            trace = "".join(traceback.format_stack()[:-1])
+        logger.error("ERROR: %s\n\t%s\n%s", msg, self.as_string(), trace.rstrip("\n"))
+
+    # -- Danga's class-method names, acting on the default loop --------------------------
+
+    @classmethod
+    def EventLoop(cls) -> None:  # noqa: N802 - Danga's name
+        """Run the default loop (``get_loop().run()``)."""
+        get_loop().run()
+
+    @classmethod
+    def AddTimer(cls, seconds: float, callback: Callable[..., Any], *args: Any) -> Timer:  # noqa: N802
+        """``get_loop().add_timer(seconds, callback, *args)``."""
+        return get_loop().add_timer(seconds, callback, *args)
+
+    @classmethod
+    def Reset(cls) -> None:  # noqa: N802
+        """``get_loop().reset()``."""
+        get_loop().reset()
+
+    @classmethod
+    def HaveEpoll(cls) -> bool:  # noqa: N802
+        """True exactly when the default loop's backend is epoll."""
+        return get_loop().have_epoll()
+
+    @classmethod
+    def WatchedSockets(cls) -> int:  # noqa: N802
+        """``get_loop().watched_sockets()``."""
+        return get_loop().watched_sockets()
+
+    @classmethod
+    def DescriptorMap(cls) -> dict[int, Socket]:  # noqa: N802
+        """The default loop's live descriptor map."""
+        return get_loop().descriptor_map
+
+    @classmethod
+    def ToClose(cls) -> list[Socket]:  # noqa: N802
+        """``get_loop().to_close()``."""
+        return get_loop().to_close()
+
+    @classmethod
+    def OtherFds(cls, mapping: dict[int, Callable[[int], Any]] | None = None) -> OtherFds:  # noqa: N802
+        """Replace the default loop's other fds with *mapping* (if given); returns the
+        live map."""
+        loop = get_loop()
+        if mapping is not None:
+            loop.set_other_fds(mapping)
+        return loop.other_fds
+
+    @classmethod
+    def AddOtherFds(cls, mapping: dict[int, Callable[[int], Any]]) -> None:  # noqa: N802
+        """``get_loop().add_other_fds(mapping)``."""
+        get_loop().add_other_fds(mapping)
+
+    @classmethod
+    def SetLoopTimeout(cls, ms: float) -> float:  # noqa: N802
+        """``get_loop().set_loop_timeout(ms)``."""
+        return get_loop().set_loop_timeout(ms)
+
+    @classmethod
+    def EnableProfiling(cls) -> bool:  # noqa: N802
+        """``get_loop().enable_profiling()``."""
+        return get_loop().enable_profiling()
+
+    @classmethod
+    def DisableProfiling(cls) -> None:  # noqa: N802
+        """``get_loop().disable_profiling()``."""
+        get_loop().disable_profiling()
+
+    @classmethod
+    def ProfilingData(cls) -> dict[str, list[float]]:  # noqa: N802
+        """``get_loop().profiling_data()``."""
+        return get_loop().profiling_data()
+
+    @classmethod
+    def DebugMsg(cls, fmt: str, *args: Any) -> None:  # noqa: N802
+        """Danga's DebugMsg: ``>>> message`` on stderr."""
+        debug_msg(fmt, *args)
+
+    SetPostLoopCallback = _class_or_instance(
+        lambda cls, callback: get_loop().set_post_loop_callback(callback),
+        lambda self, callback: self.set_post_loop_callback(callback),
+    )
+    """On the class: the default loop's global post-loop callback. On an object: that
+    object's own post-loop callback (as in Perl)."""
+
+
+def _as_bytes_view(data: Any) -> memoryview:
+    if isinstance(data, str):
+        raise TypeError(
+            "danga writes bytes, not str; encode the text first, e.g. "
+            "write(text.encode('utf-8'))"
+        )
+    try:
+        view = memoryview(data)
+    except TypeError:
+        raise TypeError(
+            f"write() takes bytes-like data, a callable or None, not {type(data).__name__}"
+        ) from None
+    return view.cast("B") if view.format != "B" or view.ndim != 1 else view
