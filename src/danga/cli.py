@@ -11,6 +11,7 @@ Bad input (an unknown or unusable ``DANGA_BACKEND``) prints one line and exits 2
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -54,7 +55,7 @@ def _backends(args: argparse.Namespace) -> int:
         if row.name == chosen:
             status += "  <- chosen"
         print(f"{mark} {row.name:<{width}}  {prio:>8}  {row.distribution:<{dist_width}}  {status}")
-    how = "DANGA_BACKEND" if backends.os.environ.get(backends.ENV_VAR, "").strip() else "automatic"
+    how = "DANGA_BACKEND" if os.environ.get(backends.ENV_VAR, "").strip() else "automatic"
     print(f"\nchosen ({how}): {chosen}")
     return 0
 

@@ -87,7 +87,7 @@ class OtherFds(dict[int, OtherFdCallback]):
         super().__delitem__(fd)
         self._loop._watch_other(fd, False)
 
-    def pop(self, fd: int, *default: Any) -> Any:  # type: ignore[override]
+    def pop(self, fd: int, *default: Any) -> Any:
         had = fd in self
         value = super().pop(fd, *default)
         if had:
@@ -99,7 +99,7 @@ class OtherFds(dict[int, OtherFdCallback]):
         self._loop._watch_other(fd, False)
         return fd, cb
 
-    def setdefault(self, fd: int, default: Any = None) -> Any:  # type: ignore[override]
+    def setdefault(self, fd: int, default: Any = None) -> Any:
         if fd not in self:
             self[fd] = default
         return self[fd]
@@ -357,12 +357,12 @@ class Loop:
                     continue
                 if not ok:  # Danga's short-circuit: the rest wait for the next iteration
                     return False
-        callback = self._post_loop_callback
-        if callback is not None:
+        global_cb = self._post_loop_callback
+        if global_cb is not None:
             try:
-                keep = bool(callback(dmap, other))
+                keep = bool(global_cb(dmap, other))
             except Exception as exc:
-                self._callback_failed(exc, None, callback, "the post-loop callback")
+                self._callback_failed(exc, None, global_cb, "the post-loop callback")
         return keep
 
     def _refire_push_back(self) -> None:
@@ -546,7 +546,7 @@ class Loop:
         # Documented choice (docs/reliability.md): a loop used in a forked child without
         # reset() gets a fresh poller with every registration re-armed, so the child never
         # changes the parent's epoll set.
-        self._rebuild_poller("used in a forked child (pid %d)" % os.getpid())
+        self._rebuild_poller(f"used in a forked child (pid {os.getpid()})")
 
     def reset(self) -> None:
         """Forget everything (sockets, other fds, timers, callbacks, settings) and build a

@@ -83,10 +83,10 @@ class Socket:
         "_born",
         "_corked",
         "_event_watch",
+        "_local",
         "_pb",
         "_pb_size",
         "_peer",
-        "_local",
         "_recv",
         "_send",
         "_sendv",
@@ -143,7 +143,7 @@ class Socket:
         self.sock: Any = sock
         self.fd: int = fd
         self.loop: Loop = loop
-        self.closed = False
+        self.closed: bool = False
         self.close_reason: str | None = None
         self.write_buf_size = 0
         self._event_watch = ERR | HUP
@@ -425,7 +425,7 @@ class Socket:
                 return None
         return data if data else None
 
-    def push_back_read(self, buf: bytes | bytearray | memoryview) -> None:
+    def push_back_read(self, buf: Any) -> None:
         """Put *buf* back so the next read() returns it (FIFO after earlier push-backs).
         Post-event work re-fires event_read while the object watches read, until the
         pushed-back data is drained. Ignored on a closed object.
@@ -596,42 +596,42 @@ class Socket:
     # -- Danga's class-method names, acting on the default loop --------------------------
 
     @classmethod
-    def EventLoop(cls) -> None:  # noqa: N802 - Danga's name
+    def EventLoop(cls) -> None:
         """Run the default loop (``get_loop().run()``)."""
         get_loop().run()
 
     @classmethod
-    def AddTimer(cls, seconds: float, callback: Callable[..., Any], *args: Any) -> Timer:  # noqa: N802
+    def AddTimer(cls, seconds: float, callback: Callable[..., Any], *args: Any) -> Timer:
         """``get_loop().add_timer(seconds, callback, *args)``."""
         return get_loop().add_timer(seconds, callback, *args)
 
     @classmethod
-    def Reset(cls) -> None:  # noqa: N802
+    def Reset(cls) -> None:
         """``get_loop().reset()``."""
         get_loop().reset()
 
     @classmethod
-    def HaveEpoll(cls) -> bool:  # noqa: N802
+    def HaveEpoll(cls) -> bool:
         """True exactly when the default loop's backend is epoll."""
         return get_loop().have_epoll()
 
     @classmethod
-    def WatchedSockets(cls) -> int:  # noqa: N802
+    def WatchedSockets(cls) -> int:
         """``get_loop().watched_sockets()``."""
         return get_loop().watched_sockets()
 
     @classmethod
-    def DescriptorMap(cls) -> dict[int, Socket]:  # noqa: N802
+    def DescriptorMap(cls) -> dict[int, Socket]:
         """The default loop's live descriptor map."""
         return get_loop().descriptor_map
 
     @classmethod
-    def ToClose(cls) -> list[Socket]:  # noqa: N802
+    def ToClose(cls) -> list[Socket]:
         """``get_loop().to_close()``."""
         return get_loop().to_close()
 
     @classmethod
-    def OtherFds(cls, mapping: dict[int, Callable[[int], Any]] | None = None) -> OtherFds:  # noqa: N802
+    def OtherFds(cls, mapping: dict[int, Callable[[int], Any]] | None = None) -> OtherFds:
         """Replace the default loop's other fds with *mapping* (if given); returns the
         live map."""
         loop = get_loop()
@@ -640,32 +640,32 @@ class Socket:
         return loop.other_fds
 
     @classmethod
-    def AddOtherFds(cls, mapping: dict[int, Callable[[int], Any]]) -> None:  # noqa: N802
+    def AddOtherFds(cls, mapping: dict[int, Callable[[int], Any]]) -> None:
         """``get_loop().add_other_fds(mapping)``."""
         get_loop().add_other_fds(mapping)
 
     @classmethod
-    def SetLoopTimeout(cls, ms: float) -> float:  # noqa: N802
+    def SetLoopTimeout(cls, ms: float) -> float:
         """``get_loop().set_loop_timeout(ms)``."""
         return get_loop().set_loop_timeout(ms)
 
     @classmethod
-    def EnableProfiling(cls) -> bool:  # noqa: N802
+    def EnableProfiling(cls) -> bool:
         """``get_loop().enable_profiling()``."""
         return get_loop().enable_profiling()
 
     @classmethod
-    def DisableProfiling(cls) -> None:  # noqa: N802
+    def DisableProfiling(cls) -> None:
         """``get_loop().disable_profiling()``."""
         get_loop().disable_profiling()
 
     @classmethod
-    def ProfilingData(cls) -> dict[str, list[float]]:  # noqa: N802
+    def ProfilingData(cls) -> dict[str, list[float]]:
         """``get_loop().profiling_data()``."""
         return get_loop().profiling_data()
 
     @classmethod
-    def DebugMsg(cls, fmt: str, *args: Any) -> None:  # noqa: N802
+    def DebugMsg(cls, fmt: str, *args: Any) -> None:
         """Danga's DebugMsg: ``>>> message`` on stderr."""
         debug_msg(fmt, *args)
 

@@ -23,7 +23,7 @@ __all__ = ["Timer", "TimerHeap"]
 class Timer:
     """A scheduled call, returned by :meth:`danga.Loop.add_timer`."""
 
-    __slots__ = ("args", "callback", "cancelled", "deadline", "seq", "_heap")
+    __slots__ = ("_heap", "args", "callback", "cancelled", "deadline", "seq")
 
     def __init__(
         self,
