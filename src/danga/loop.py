@@ -29,7 +29,7 @@ from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 from . import backends as _backends
-from .poller import ERR, HUP, READ, WRITE
+from .poller import ERR, HUP, READ, WRITE, fd_is_open
 from .timers import Timer, TimerHeap
 
 if TYPE_CHECKING:
@@ -255,11 +255,9 @@ class Loop:
                     stage = 1
                     obj.event_write()
                 if mask & (ERR | HUP):
-                    if mask & ERR and not obj.closed:
+                    if mask & ERR and not obj.closed and self._fd_alive(obj):
                         stage = 2
                         obj.event_err()
-                        if not obj.closed:
-                            self._check_fd_alive(obj)
                     if mask & HUP and not obj.closed:
                         stage = 3
                         obj.event_hup()
@@ -281,7 +279,7 @@ class Loop:
             cls = type(obj).__name__
             for bit, stage, short in ((READ, 0, "read"), (WRITE, 1, "write"),
                                       (ERR, 2, "err"), (HUP, 3, "hup")):
-                if not mask & bit or obj.closed:
+                if not mask & bit or obj.closed or (bit == ERR and not self._fd_alive(obj)):
                     continue
                 before = os.times()
                 try:
@@ -294,8 +292,6 @@ class Loop:
                 row[0] += after.user - before.user
                 row[1] += after.system - before.system
                 row[2] += 1
-                if bit == ERR and not obj.closed:
-                    self._check_fd_alive(obj)
 
     def _unowned(self, fd: int, mask: int) -> None:
         callback = self.other_fds.get(fd)
@@ -320,16 +316,16 @@ class Loop:
         have = self._kernel.pop(fd, 0)
         self.backend.modify(fd, have or (mask & (READ | WRITE)) or mask, 0)
 
-    def _check_fd_alive(self, obj: Socket) -> None:
-        """After ERR: an fd closed behind danga's back would report ERR forever."""
-        try:
-            os.fstat(obj.fd)
-        except OSError:
-            logger.warning("%s: its fd %d was closed behind danga's back; closing it",
-                           obj.as_string(), obj.fd)
-            obj._lost_fd()
-        except ValueError:  # pragma: no cover - negative fd
-            pass
+    def _fd_alive(self, obj: Socket) -> bool:
+        """On ERR: is the fd still open? One closed behind danga's back (poll's POLLNVAL,
+        select's EBADF) would report ERR forever, so its object is closed here, without
+        closing the fd number again. Errors are rare: the fstat is off the hot path."""
+        if fd_is_open(obj.fd):
+            return True
+        logger.warning("%s: its fd %d was closed behind danga's back; closing it",
+                       obj.as_string(), obj.fd)
+        obj._lost_fd()
+        return False
 
     def _run_timers(self, now: float) -> None:
         for timer in self._timers.pop_due(now):

@@ -30,6 +30,7 @@ __all__ = [
     "UnknownBackend",
     "UnsupportedFileType",
     "check_pollable",
+    "fd_is_open",
     "timeout_ms",
 ]
 
@@ -119,6 +120,23 @@ def check_pollable(fd: int) -> None:
             f"fd {fd} is {kind}, which is always ready and cannot be polled; "
             "read it directly instead of watching it",
         )
+
+
+def fd_is_open(fd: int) -> bool:
+    """Whether *fd* is an open descriptor (libev's fd_ebadf test), on every platform."""
+    if os.name == "nt":  # os.fstat does not know sockets there; ask select about this fd
+        import select
+
+        try:
+            select.select([fd], [], [], 0)
+        except (OSError, ValueError):
+            return False
+        return True
+    try:
+        os.fstat(fd)
+    except OSError as exc:
+        return exc.errno != errno.EBADF
+    return True
 
 
 def timeout_ms(timeout: float | None) -> int:

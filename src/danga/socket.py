@@ -365,6 +365,8 @@ class Socket:
         return True
 
     def _write_failed(self, exc: OSError) -> bool:
+        if exc.errno == errno.EBADF:
+            self._disown_fd()  # closed behind our back: never close the number
         reason = _WRITE_REASONS.get(exc.errno or 0, "write_error")
         logger.debug("%s: write failed (%s), closing", self.as_string(), exc)
         self.close(reason)
@@ -422,6 +424,8 @@ class Socket:
                 continue
             except OSError as exc:
                 logger.debug("%s: read failed: %s", self.as_string(), exc)
+                if exc.errno == errno.EBADF:
+                    self._disown_fd()  # closed behind our back: never close the number
                 return None
         return data if data else None
 
@@ -479,14 +483,19 @@ class Socket:
     def _lost_fd(self) -> None:
         """The fd was closed behind danga's back: close the object without ever closing
         the fd number again (it may belong to someone else by now)."""
-        raw = self.sock
-        detach = getattr(raw, "detach", None)
-        if isinstance(raw, _socket.socket) and detach is not None:
-            detach()
-        else:
-            _graveyard.append(raw)  # its finaliser must not close the number either
-            self.sock = None
+        self._disown_fd()
         self.close("fd closed behind danga's back")
+
+    def _disown_fd(self) -> None:
+        # Make sure the real close can never close this fd *number*: detach the socket
+        # (its fd becomes -1) or, for other objects, keep them alive so that their
+        # finaliser never runs, and forget them.
+        raw = self.sock
+        if isinstance(raw, _socket.socket):
+            raw.detach()
+        elif raw is not None:
+            _graveyard.append(raw)
+            self.sock = None
 
     # -- TCP_CORK ------------------------------------------------------------------------
 

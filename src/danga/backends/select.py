@@ -19,7 +19,6 @@ Facts about select, and what danga does about them:
 from __future__ import annotations
 
 import errno
-import os
 import select
 import sys
 import time
@@ -33,26 +32,13 @@ from ..poller import (
     BackendUnavailable,
     FdOutOfRange,
     check_pollable,
+    fd_is_open,
 )
 from ._common import Events, closed_error, wait_at_least
 
 #: The largest fd + 1 that select can represent here.
 FD_SETSIZE = 512 if sys.platform == "win32" else 1024
 _WINDOWS = sys.platform == "win32"
-
-
-def _is_open(fd: int) -> bool:
-    if _WINDOWS:  # os.fstat does not know sockets; ask select about this one fd
-        try:
-            select.select([fd], [], [], 0)
-        except OSError:
-            return False
-        return True
-    try:
-        os.fstat(fd)
-    except OSError:
-        return False
-    return True
 
 
 class SelectPoller:
@@ -135,7 +121,7 @@ class SelectPoller:
 
     def _report_bad(self) -> Events:
         """Some fd in the sets was closed behind our back: ERR for it, the rest polled."""
-        bad = [fd for fd in self._known if not _is_open(fd)]
+        bad = [fd for fd in self._known if not fd_is_open(fd)]
         good_r = [fd for fd in self._r if fd not in bad]
         good_w = [fd for fd in self._w if fd not in bad]
         ready: Events = []
