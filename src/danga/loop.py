@@ -210,18 +210,8 @@ class Loop:
         if self._forked:
             self._after_fork()
         timeout = self._loop_timeout if limit is None else limit
-        timers = self._timers
-        deadline = timers.next_deadline()
-        if deadline is not None:
-            now = monotonic()
-            if deadline <= now:
-                self._run_timers(now)
-                deadline = timers.next_deadline()
-                now = monotonic()
-            if deadline is not None:
-                wait = deadline - now if deadline > now else 0.0
-                if timeout is None or wait < timeout:
-                    timeout = wait
+        if self._timers._heap:
+            timeout = self._timers_then_wait(timeout)
         if self._dirty:
             self._flush()
         if self._stopping or self._closed:
@@ -233,7 +223,26 @@ class Loop:
                 self._dispatch_profiled(events)
             else:
                 self._dispatch(events)
-        return self._post_event()
+        if (self._push_back or self._to_close or self._plc
+                or self._post_loop_callback is not None):
+            return self._post_event()
+        return True
+
+    def _timers_then_wait(self, timeout: float | None) -> float | None:
+        """Run the due timers; return the wait: the earlier of the next timer and *timeout*."""
+        timers = self._timers
+        deadline = timers.next_deadline()
+        if deadline is None:
+            return timeout
+        now = monotonic()
+        if deadline <= now:
+            self._run_timers(now)
+            deadline = timers.next_deadline()
+            if deadline is None:
+                return timeout
+            now = monotonic()
+        wait = deadline - now if deadline > now else 0.0
+        return wait if timeout is None or wait < timeout else timeout
 
     def _dispatch(self, events: list[tuple[int, int]]) -> None:
         # The hot path: one dict lookup per fd, bit tests on local constants, no allocation.
