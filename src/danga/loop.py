@@ -497,12 +497,16 @@ class Loop:
             if steal:
                 del dmap[fd]
         self._plc.pop(obj, None)
-        if not steal:
-            self._to_close.append((obj, raw))
+        if steal:
+            return
+        self._to_close.append((obj, raw))
+        if self._closed:  # no post-event work will come: close it now
+            self._reap()
 
     def _watch_other(self, fd: int, on: bool) -> None:
         self._check_open()
-        if fd in self.descriptor_map:
+        owner = self.descriptor_map.get(fd)
+        if owner is not None and not owner.closed:
             return  # the Socket's interest wins; Danga dispatches to the Socket too
         want = READ if on else 0
         have = self._kernel.get(fd, 0)
