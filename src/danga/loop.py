@@ -161,6 +161,12 @@ class Loop:
         self._forked = False
         self._batch = 0  # incremented after every poll; Socket._born compares with it
         self._strays: dict[int, int] = {}  # unowned fd -> batch it was last removed in
+        self._in_poll = False  # a signal handler or thread changing timers must wake us
+        # The self-pipe exists from the start: poll and select cannot see an fd that is
+        # registered by a signal handler while they wait (CPython retries EINTR with the
+        # fd array it built before).
+        self._waker: _Waker | None = None
+        self._make_waker()
         _live_loops.add(self)
 
     def __repr__(self) -> str:
@@ -192,8 +198,18 @@ class Loop:
             self._stopping = False
 
     def stop(self) -> None:
-        """Make :meth:`run` return after the current iteration."""
+        """Make :meth:`run` return after the current iteration (from a callback, a signal
+        handler or another thread: a sleeping poll is woken)."""
         self._stopping = True
+        if self._in_poll:
+            self.wakeup()
+
+    def wakeup(self) -> None:
+        """Make a sleeping poll return now. Safe from signal handlers and other threads;
+        calls coalesce. (The self-pipe is created on first use.)"""
+        waker = self._waker
+        if waker is not None:
+            waker.wake()
 
     def run_once(self, timeout: float | None = None) -> bool:
         """Run one iteration, waiting at most *timeout* seconds (None: as :meth:`run` would).
@@ -216,7 +232,11 @@ class Loop:
             self._flush()
         if self._stopping or self._closed:
             timeout = 0.0
-        events = self.backend.poll(timeout)
+        self._in_poll = True
+        try:
+            events = self.backend.poll(timeout)
+        finally:
+            self._in_poll = False
         self._batch += 1
         if events:
             if self._profiling:
@@ -303,6 +323,9 @@ class Loop:
                 row[2] += 1
 
     def _unowned(self, fd: int, mask: int) -> None:
+        if self._waker is not None and fd == self._waker.fd:
+            self._waker.drain()
+            return
         callback = self.other_fds.get(fd)
         if callback is not None:
             try:
@@ -517,6 +540,21 @@ class Loop:
             else:
                 self._kernel.pop(fd, None)
 
+    def _make_waker(self) -> None:
+        # Kept out of _kernel and the maps: it is the loop's own, invisible to users.
+        self._waker = _Waker()
+        self.backend.modify(self._waker.fd, 0, READ)
+
+    def _drop_waker(self) -> None:
+        waker, self._waker = self._waker, None
+        if waker is not None:
+            if not self._closed:
+                try:
+                    self.backend.modify(waker.fd, READ, 0)
+                except (OSError, RuntimeError):
+                    pass
+            waker.close()
+
     def _set_plc(self, obj: Socket, callback: PostLoopCallback | None) -> None:
         if callback is None:
             self._plc.pop(obj, None)
@@ -540,6 +578,11 @@ class Loop:
     def _rebuild_poller(self, why: str) -> None:
         old, self.backend = self.backend, self._poller_cls()
         self._discard_poller(old)
+        # After fork the self-pipe is shared with the parent: the child gets its own.
+        waker, self._waker = self._waker, None
+        if waker is not None:
+            waker.close()
+        self._make_waker()
         self._forked = False
         logger.info("danga: rebuilt the %s poller: %s", self.backend.name, why)
         for fd, mask in list(self._kernel.items()):
@@ -585,6 +628,10 @@ class Loop:
         self.backend = cls()
         if not self._closed:
             self._discard_poller(old)
+        waker, self._waker = self._waker, None
+        if waker is not None:
+            waker.close()
+        self._make_waker()
         self._forked = False
         self._closed = False
 
@@ -602,6 +649,7 @@ class Loop:
             raise RuntimeError("cannot close a running danga.Loop; call stop() first")
         self._reap()
         self._timers.clear()
+        self._drop_waker()
         self._closed = True
         self._discard_poller(self.backend)
 
@@ -628,7 +676,10 @@ class Loop:
             RuntimeError: the loop is closed.
         """
         self._check_open()
-        return self._timers.add(seconds, callback, args)
+        timer = self._timers.add(seconds, callback, args)
+        if self._in_poll:  # added by a signal handler (or a thread) while we sleep
+            self.wakeup()
+        return timer
 
     def set_loop_timeout(self, ms: float) -> float:
         """The longest wait per iteration, in milliseconds, as Danga's *code* does it:
@@ -748,6 +799,37 @@ def debug_msg(fmt: str, *args: Any) -> None:
     msg = (fmt % args if args else fmt).rstrip("\n")
     sys.stderr.write(f">>> {msg}\n")
     logger.debug("%s", msg)
+
+
+class _Waker:
+    """A self-pipe: one byte at most outstanding, drained fully, never blocking."""
+
+    __slots__ = ("_r", "_w", "fd")
+
+    def __init__(self) -> None:
+        import socket
+
+        self._r, self._w = socket.socketpair()
+        self._r.setblocking(False)
+        self._w.setblocking(False)
+        self.fd = self._r.fileno()
+
+    def wake(self) -> None:
+        try:
+            self._w.send(b"\0")
+        except OSError:  # full (a wake is pending anyway) or closed by a racing close
+            pass
+
+    def drain(self) -> None:
+        try:
+            while self._r.recv(4096):
+                pass
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self._r.close()
+        self._w.close()
 
 
 _default: Loop | None = None
