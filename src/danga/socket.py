@@ -16,7 +16,6 @@ import errno
 import os
 import socket as _socket
 import sys
-import traceback
 import types
 from collections import deque
 from collections.abc import Callable
@@ -595,6 +594,8 @@ class Socket:
 
     def dump_error(self, msg: str) -> None:
         """Log ``ERROR: msg``, this object's as_string() and a traceback on ``danga``."""
+        import traceback  # only on errors: keeps `import danga` light
+
         exc = sys.exc_info()[1]
         if exc is not None:
             trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
