@@ -1,0 +1,192 @@
+"""Every code sample in the documentation runs, so the docs cannot rot.
+
+Each fenced ``python`` block of ``docs/*.md`` and ``README.md`` is run on its own, in a
+fresh interpreter (a subprocess, in an empty temporary directory, with this process's
+environment, so ``DANGA_BACKEND`` forces the backend there too), and must exit 0
+within a timeout. Samples must therefore be complete programs that stop by themselves.
+
+A block that cannot run unattended (a server that runs forever) is preceded by the line
+``<!-- no-run -->``; it must still compile, such blocks must stay rare, and the page
+must carry a runnable twin elsewhere (the README's server has one in the quick start).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+NO_RUN = "<!-- no-run -->"
+#: The most samples the whole documentation may exempt from running.
+MAX_NO_RUN = 3
+#: Seconds one sample may take (samples are small; this only catches a hang).
+TIMEOUT = 30
+
+_FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^\n`]*)$")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One fenced code block of a Markdown file."""
+
+    path: Path
+    line: int  # 1-based line of the opening fence
+    language: str
+    code: str
+    no_run: bool
+
+    @property
+    def id(self) -> str:
+        return f"{self.path.relative_to(ROOT).as_posix()}:{self.line}"
+
+
+def markdown_files() -> list[Path]:
+    """The files whose samples are tested: README.md and every page under docs/."""
+    return [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]
+
+
+def extract(path: Path) -> list[Sample]:
+    """The fenced code blocks of *path*, with their language and no-run marker.
+
+    Raises:
+        ValueError: a fence is not closed (the rest of the page would be code).
+    """
+    lines = path.read_text(encoding="utf-8").splitlines()
+    samples: list[Sample] = []
+    i = 0
+    while i < len(lines):
+        match = _FENCE.match(lines[i])
+        if match is None:
+            i += 1
+            continue
+        fence, indent = match["fence"], len(match["indent"])
+        language = match["info"].strip().split(" ")[0].lstrip(".{").rstrip("}").lower()
+        start = i
+        body: list[str] = []
+        i += 1
+        while i < len(lines):
+            closing = _FENCE.match(lines[i])
+            if (closing is not None and closing["fence"].startswith(fence)
+                    and not closing["info"].strip()):
+                break
+            body.append(lines[i][indent:] if lines[i][:indent].isspace() else lines[i])
+            i += 1
+        else:
+            raise ValueError(f"{path}:{start + 1}: unclosed code fence")
+        previous = next((text.strip() for text in reversed(lines[:start]) if text.strip()), "")
+        samples.append(Sample(path, start + 1, language, "\n".join(body) + "\n",
+                              previous == NO_RUN))
+        i += 1
+    return samples
+
+
+def python_samples() -> list[Sample]:
+    return [s for path in markdown_files() for s in extract(path)
+            if s.language in ("python", "py", "python3")]
+
+
+SAMPLES = python_samples()
+RUNNABLE = [s for s in SAMPLES if not s.no_run]
+
+
+def test_the_docs_have_samples() -> None:
+    # Guards the extraction itself: a broken regex would make every test below vacuous.
+    assert len(RUNNABLE) >= 3, [s.id for s in SAMPLES]
+    assert any(s.path.name == "README.md" for s in SAMPLES)
+
+
+@pytest.mark.parametrize("sample", RUNNABLE, ids=[s.id for s in RUNNABLE])
+def test_sample_runs(sample: Sample, tmp_path: Path) -> None:
+    script = tmp_path / "sample.py"
+    script.write_text(sample.code, encoding="utf-8")
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    try:
+        result = subprocess.run(
+            [sys.executable, str(script)], cwd=tmp_path, env=env, stdin=subprocess.DEVNULL,
+            capture_output=True, text=True, timeout=TIMEOUT, check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"{sample.id}: the sample did not stop within {TIMEOUT}s "
+                    f"(samples must stop by themselves; output: {exc.stdout!r})")
+    assert result.returncode == 0, (
+        f"{sample.id} exited {result.returncode}\n--- stdout\n{result.stdout}"
+        f"\n--- stderr\n{result.stderr}"
+    )
+
+
+def test_no_run_samples_are_rare_and_compile() -> None:
+    exempt = [s for s in SAMPLES if s.no_run]
+    assert len(exempt) <= MAX_NO_RUN, (
+        f"{len(exempt)} samples are marked {NO_RUN} (at most {MAX_NO_RUN}): "
+        f"{[s.id for s in exempt]}; make them stop by themselves instead"
+    )
+    for sample in exempt:
+        compile(sample.code, sample.id, "exec")
+
+
+def test_no_run_marker_precedes_a_python_block() -> None:
+    # A marker in front of anything else is a typo that would silently exempt nothing,
+    # or a marker left behind after its sample was removed.
+    for path in markdown_files():
+        lines = path.read_text(encoding="utf-8").splitlines()
+        blocks = {s.line: s for s in extract(path)}
+        for number, text in enumerate(lines, 1):
+            if text.strip() != NO_RUN:
+                continue
+            following = next((n for n in range(number + 1, len(lines) + 1)
+                              if lines[n - 1].strip()), None)
+            sample = blocks.get(following or -1)
+            assert sample is not None and sample.language in ("python", "py", "python3"), (
+                f"{path.name}:{number}: {NO_RUN} must directly precede a python block"
+            )
+
+
+def test_extract_handles_fences_markers_and_languages(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text(
+        "# t\n\n```python\nprint(1)\n```\n\n<!-- no-run -->\n\n```py\nwhile True:\n"
+        "    pass\n```\n\n````text\n```python\nnot code\n```\n````\n\n"
+        "- item\n\n    ```python\n    x = 1\n    ```\n",
+        encoding="utf-8",
+    )
+    got = [(s.line, s.language, s.code, s.no_run) for s in extract(page)]
+    assert got == [
+        (3, "python", "print(1)\n", False),
+        (9, "py", "while True:\n    pass\n", True),
+        (14, "text", "```python\nnot code\n```\n", False),
+        (22, "python", "x = 1\n", False),
+    ]
+    page.write_text("```python\nprint(1)\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="unclosed"):
+        extract(page)
+
+
+def _nav_pages() -> list[str]:
+    # mkdocs.yml's nav entries are "- Title: page.md" lines; parsed by hand so that this
+    # test needs no YAML library (the docs extra is not part of the test extra).
+    text = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
+    nav = text.split("\nnav:\n", 1)[1]
+    pages = []
+    for line in nav.splitlines():
+        if line and not line.startswith(" "):
+            break
+        match = re.match(r"\s*-\s+.*:\s+(\S+\.md)\s*$", line)
+        if match:
+            pages.append(match[1])
+    return pages
+
+
+def test_every_nav_page_exists_and_every_page_is_in_the_nav() -> None:
+    pages = _nav_pages()
+    assert "index.md" in pages and "api.md" in pages, pages
+    missing = [p for p in pages if not (DOCS / p).is_file()]
+    assert not missing, f"mkdocs.yml names pages that do not exist: {missing}"
+    on_disk = {p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md")}
+    assert on_disk <= set(pages), f"pages missing from the nav: {sorted(on_disk - set(pages))}"
