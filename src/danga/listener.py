@@ -3,7 +3,8 @@
 Running out of file descriptors (EMFILE/ENFILE) or kernel memory (ENOBUFS/ENOMEM) on
 accept() leaves the connection queued, so the listener stays readable and a naive loop
 spins at 100% CPU (libev's ev.pod, libuv#690, asyncio's ACCEPT_RETRY_DELAY). Listener
-stops watching read for a back-off, logs once per episode, and resumes.
+stops watching read for a back-off, logs once per episode (a WARNING when it starts, an
+INFO at the first successful accept after it), and resumes.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class Listener(Socket):
         ValueError, OSError: as :class:`Socket`.
     """
 
-    __slots__ = ("_backoff", "_factory", "_max_accepts", "_paused", "accepted")
+    __slots__ = ("_backoff", "_exhausted", "_factory", "_max_accepts", "_paused", "accepted")
 
     def __init__(
         self,
@@ -60,6 +61,7 @@ class Listener(Socket):
         self._backoff = backoff
         self._max_accepts = max_accepts
         self._paused: Timer | None = None
+        self._exhausted = 0  # failed accepts in the current episode (0: none)
         #: Connections accepted so far.
         self.accepted = 0
         self.watch_read(True)
@@ -83,6 +85,10 @@ class Listener(Socket):
                 raise
             conn.setblocking(False)
             self.accepted += 1
+            if self._exhausted:
+                logger.info("%s: accepting again after %d failed attempt(s)",
+                            self.as_string(), self._exhausted)
+                self._exhausted = 0
             try:
                 self.on_accept(conn, addr)
             except Exception as exc:
@@ -104,8 +110,12 @@ class Listener(Socket):
         conn.close()
 
     def _pause(self, exc: OSError) -> None:
-        logger.warning("%s: accept() failed (%s); pausing accepts for %.3fs",
-                       self.as_string(), exc.strerror, self._backoff)
+        # Once per episode: an exhaustion that lasts minutes must not log every back-off.
+        if not self._exhausted:
+            logger.warning("%s: accept() failed (%s); pausing accepts for %.3fs at a time"
+                           " until it succeeds", self.as_string(), exc.strerror,
+                           self._backoff)
+        self._exhausted += 1
         self.watch_read(False)
         self._paused = self.loop.add_timer(self._backoff, self._resume)
 
@@ -113,7 +123,6 @@ class Listener(Socket):
         self._paused = None
         if not self.closed:
             self.watch_read(True)
-            logger.info("%s: resuming accepts", self.as_string())
 
     def close(self, reason: str | None = None) -> None:
         """Close the listener (cancelling a pending resume)."""
