@@ -13,12 +13,23 @@ It parametrizes every test that uses the ``danga_backend`` fixture (directly, or
 
 A named backend that cannot be used here is an error, not a silent skip: a CI cell must
 never pass on the wrong backend. The header of the run lists the backends that ran.
+
+The shipped conformance suite is :mod:`danga.testing.suite`. When ``--danga-backend`` is
+given and no test path is (on the command line), the plugin collects that suite instead
+of the configured ``testpaths``, so ``pytest -p danga.testing --danga-backend NAME`` run
+anywhere checks backend NAME. Give paths to run your own tests on the backend instead.
+
+Markers: ``danga_xfail(backends, reason=...)`` (a strict expected failure on those
+backends) and ``danga_group(name)`` (the group ``danga check`` reports a test under).
+``--danga-report PATH`` writes per-group outcome counts as JSON (``danga check`` uses it).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,7 +38,10 @@ from .. import backends as _backends
 from ..loop import Loop
 from ..poller import BackendUnavailable, Poller
 
-__all__ = ["backend_matrix", "register_backend"]
+__all__ = ["SUITE", "backend_matrix", "register_backend", "registered_backends", "run_until"]
+
+#: The file of the shipped conformance suite.
+SUITE = Path(__file__).with_name("suite.py")
 
 _extra: dict[str, type[Poller]] = {}
 
@@ -39,6 +53,11 @@ def register_backend(name: str, cls: type[Poller]) -> None:
     _extra[name] = cls
 
 
+def registered_backends() -> dict[str, type[Poller]]:
+    """The classes added with :func:`register_backend`, by name."""
+    return dict(_extra)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("danga", "danga backend conformance matrix")
     group.addoption(
@@ -47,7 +66,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=[],
         metavar="NAME",
         help="run the matrix on this backend only (repeatable; default: DANGA_BACKEND, "
-        "else every available backend)",
+        "else every available backend). With no test path, runs the shipped "
+        "conformance suite (danga.testing.suite)",
+    )
+    group.addoption(
+        "--danga-report",
+        default=None,
+        metavar="PATH",
+        help="write per-group pass/fail/xfail counts of the conformance suite as JSON",
     )
 
 
@@ -109,6 +135,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # Give every matrix test a marker naming its backend, so `-m` and per-backend
     # expected failures (danga_xfail) can refer to it.
     for item in items:
+        item.user_properties.append(("danga_group", _group_of(item)))
         callspec = getattr(item, "callspec", None)
         name = callspec.params.get("danga_backend") if callspec is not None else None
         if name is None:
@@ -125,6 +152,66 @@ def pytest_configure(config: pytest.Config) -> None:
         "danga_xfail(backends, reason=...): strict expected failure on these backends "
         "(a backend that legitimately differs; never a silent skip)",
     )
+    config.addinivalue_line(
+        "markers", "danga_group(name): the conformance group `danga check` reports under"
+    )
+    # The suite marks process-global tests for pytest-xdist; without xdist it is inert.
+    config.addinivalue_line("markers", "xdist_group(name): pytest-xdist's grouping marker")
+    if config.getoption("danga_backend", default=None) and not _paths_given(config):
+        # `pytest -p danga.testing --danga-backend NAME` anywhere: run the shipped suite.
+        config.args = [str(SUITE)]
+    path = config.getoption("danga_report", default=None)
+    if path and not hasattr(config, "workerinput"):  # the xdist controller reports
+        config.pluginmanager.register(_GroupReport(Path(path)), "danga-group-report")
+
+
+def _paths_given(config: pytest.Config) -> bool:
+    source = getattr(config, "args_source", None)
+    if source is not None:
+        return bool(source == pytest.Config.ArgsSource.ARGS)
+    return bool(config.invocation_params.args and any(
+        not str(a).startswith("-") and os.path.exists(str(a).split("::")[0])
+        for a in config.invocation_params.args))
+
+
+def _group_of(item: pytest.Item) -> str:
+    mark = item.get_closest_marker("danga_group")
+    return str(mark.args[0]) if mark is not None and mark.args else "other"
+
+
+class _GroupReport:
+    """Counts each test's outcome per danga_group and writes them as JSON at the end."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.outcomes: dict[str, tuple[str, str]] = {}  # nodeid -> (group, outcome)
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        group = dict(report.user_properties).get("danga_group", "other")
+        if report.failed:
+            outcome = "failed"
+        elif hasattr(report, "wasxfail"):
+            outcome = "xfailed"
+        elif report.skipped:
+            outcome = "skipped"
+        elif report.when == "call":
+            outcome = "passed"
+        else:
+            return
+        old = self.outcomes.get(report.nodeid, (group, "passed"))[1]
+        order = ("passed", "xfailed", "skipped", "failed")
+        if report.nodeid not in self.outcomes or order.index(outcome) > order.index(old):
+            self.outcomes[report.nodeid] = (str(group), outcome)
+
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        groups: dict[str, dict[str, int]] = {}
+        for group, outcome in self.outcomes.values():
+            counts = groups.setdefault(
+                group, {"passed": 0, "failed": 0, "xfailed": 0, "skipped": 0})
+            counts[outcome] += 1
+        data = {"exitstatus": int(exitstatus), "groups": groups,
+                "backends": [n for n, _ in backend_matrix(session.config)]}
+        self.path.write_text(json.dumps(data, indent=2, sort_keys=True))
 
 
 @pytest.fixture
