@@ -97,8 +97,6 @@ def test_as_string_after_close(loop):
     cli.close()
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: peer_*/local_* return the cached address "
-                   "after close(); Danga returns undef once {sock} is gone (socket.py _address)")
 def test_addresses_are_none_after_close(loop):
     cli, srv = _tcp()
     obj = Recorder(srv, loop=loop)

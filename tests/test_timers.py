@@ -224,10 +224,6 @@ def _refuse_blocking_forever(loop):
     loop.backend.poll = poll
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: after the last timer fires (no fds, "
-                   "LoopTimeout -1) the same iteration polls with no timeout, so the "
-                   "post-loop callback that would see it never runs (Danga 1.62's hang, "
-                   "reference §4.2) - loop.py _run_once runs timers before the poll")
 def test_post_loop_callback_sees_the_last_timer(loop):
     fired = []
     loop.add_timer(0.01, fired.append, 1)

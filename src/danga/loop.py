@@ -257,6 +257,11 @@ class Loop:
         now = monotonic()
         if deadline <= now:
             self._run_timers(now)
+            if (self._plc or self._post_loop_callback is not None or self._push_back
+                    or self._to_close):
+                # Don't sleep before post-event work has seen what the timers did: with
+                # the last timer gone and no fds, Danga 1.62 blocked forever here (§4.2).
+                return 0.0
             deadline = timers.next_deadline()
             if deadline is None:
                 return timeout
@@ -447,6 +452,7 @@ class Loop:
         Raises:
             TypeError: *handler* is neither callable nor None.
         """
+        self._check_open()
         if handler is not None:
             _check_callable(handler, "the exception handler")
         self._exception_handler = handler
@@ -477,6 +483,8 @@ class Loop:
 
     def _register(self, obj: Socket) -> None:
         self._check_open()
+        if self._forked:  # never touch the parent's epoll set from a child
+            self._after_fork()
         fd = obj.fd
         mask = obj._event_watch
         self.backend.modify(fd, self._kernel.get(fd, 0), mask)
@@ -496,6 +504,10 @@ class Loop:
                 try:
                     modify(fd, have, want)
                 except OSError as exc:
+                    kernel.pop(fd, None)
+                    if not fd_is_open(fd):  # epoll/kqueue forget a closed fd silently
+                        self._fd_alive(obj)
+                        continue
                     logger.error("%s: cannot change its watch: %s", obj.as_string(), exc)
                     obj.close(f"watch failed: {exc}")
                     continue
@@ -505,6 +517,8 @@ class Loop:
         """Unregister *obj* now; queue the real close (or, when stolen, forget it now)."""
         fd = obj.fd
         dmap = self.descriptor_map
+        if self._forked and not self._closed:  # never touch the parent's epoll set
+            self._after_fork()
         if dmap.get(fd) is obj:
             have = self._kernel.pop(fd, 0)
             if have and not self._closed:
@@ -528,6 +542,8 @@ class Loop:
 
     def _watch_other(self, fd: int, on: bool) -> None:
         self._check_open()
+        if self._forked:  # never touch the parent's epoll set from a child
+            self._after_fork()
         owner = self.descriptor_map.get(fd)
         if owner is not None and not owner.closed:
             return  # the Socket's interest wins; Danga dispatches to the Socket too
@@ -706,6 +722,7 @@ class Loop:
         Raises:
             TypeError: *callback* is neither callable nor None.
         """
+        self._check_open()
         if callback is not None:
             _check_callable(callback, "the post-loop callback")
         self._post_loop_callback = callback
@@ -777,7 +794,12 @@ class Loop:
     # -- profiling and debugging ---------------------------------------------------------
 
     def enable_profiling(self) -> bool:
-        """Start (clearing) per-class CPU profiling of event handlers. Returns True."""
+        """Start (clearing) per-class CPU profiling of event handlers. Returns True.
+
+        Raises:
+            RuntimeError: the loop is closed.
+        """
+        self._check_open()
         self._profile.clear()
         self._profiling = True
         return True

@@ -175,9 +175,6 @@ def test_closed_loop_refuses(poller_cls: Any, use: Callable[[danga.Loop], Any]) 
                  id="set_exception_handler"),
     pytest.param(lambda lp: lp.enable_profiling(), id="enable_profiling"),
 ])
-@pytest.mark.xfail(strict=True, reason="core bug: Loop.close() says any later use raises "
-                   "RuntimeError, but set_post_loop_callback, set_exception_handler and "
-                   "enable_profiling accept a closed loop silently (no _check_open)")
 def test_closed_loop_refuses_settings(poller_cls: Any,
                                       use: Callable[[danga.Loop], Any]) -> None:
     lp = _closed_loop(poller_cls)

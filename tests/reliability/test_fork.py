@@ -138,11 +138,6 @@ def test_fork_child_inherits_registrations_without_reset(loop: danga.Loop) -> No
 
 
 @pytest.mark.parametrize("action", ["register", "close-inherited"])
-@pytest.mark.danga_xfail(["epoll"], reason="core bug: Loop._register/_detach/_watch_other "
-                         "call the inherited poller before the fork check in _run_once, so "
-                         "a child that creates or closes a Socket before its first iteration "
-                         "changes the parent's epoll set (a close there removes the parent's "
-                         "registration: the parent never hears from that socket again)")
 def test_fork_child_touches_loop_before_its_first_iteration(loop: danga.Loop,
                                                              action: str) -> None:
     a, apeer = socket.socketpair()
