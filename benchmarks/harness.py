@@ -235,14 +235,17 @@ class Settings:
 
 def run_point(server: Server, wl: Workload, st: Settings, loadgen: list[str]) -> dict[str, Any]:
     """One measurement: a fresh server, one load-generator run. Raises RuntimeError."""
+    # Accepting thousands of idle connections keeps a slow server busy for a while after
+    # the last one is in: give the warm-up after them more time.
+    warmup = st.warmup + 1.0 if wl.idle else st.warmup
     with ServerProcess(server, st.server_cpu) as srv:
         cmd = [
             *loadgen, "--port", str(srv.port), "--conns", str(wl.conns),
             "--size", str(wl.size), "--pipeline", str(wl.pipeline), "--idle", str(wl.idle),
-            "--warmup", str(st.warmup), "--duration", str(st.duration),
+            "--warmup", str(warmup), "--duration", str(st.duration),
             "--server-pid", str(srv.pid),
         ]
-        limit = 90 + st.warmup + st.duration
+        limit = 90 + warmup + st.duration
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=limit,
                               preexec_fn=_pin(st.client_cpu), check=False)
     if proc.returncode != 0:
