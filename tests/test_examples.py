@@ -157,6 +157,58 @@ def test_echo_ping_pong_many_messages(loop, echo_server):
     peer.close()
 
 
+class CountingPoller:
+    """Wraps a loop's poller and counts its modify() and poll() calls."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.modifies = 0
+        self.polls = 0
+
+    def modify(self, fd, old, new):
+        self.modifies += 1
+        return self.inner.modify(fd, old, new)
+
+    def poll(self, timeout):
+        self.polls += 1
+        return self.inner.poll(timeout)
+
+    def close(self):
+        self.inner.close()
+
+
+def test_echo_steady_state_changes_no_interest(loop, echo_server):
+    # The in-process twin of benchmarks/syscalls.py: once the connections are set up, a
+    # ping-pong of small messages never changes a registration (no epoll_ctl), on any
+    # backend. (The syscall counts themselves need strace: see the benchmark.)
+    _, addr = echo_server
+    peers = [Peer(addr) for _ in range(10)]
+    messages = [bytes([65 + i]) * 63 + b"\n" for i in range(len(peers))]
+
+    def round_trip() -> None:
+        for peer, message in zip(peers, messages, strict=True):
+            peer.inbox.clear()
+            peer.send(message)
+        _pump_until(loop, peers, lambda: all(
+            len(p.inbox) >= len(m) for p, m in zip(peers, messages, strict=True)))
+        for peer, message in zip(peers, messages, strict=True):
+            assert bytes(peer.inbox) == message
+
+    round_trip()  # accepts and first registrations happen here
+    counting = CountingPoller(loop.backend)
+    loop.backend = counting
+    try:
+        for _ in range(50):
+            round_trip()
+    finally:
+        loop.backend = counting.inner
+    assert counting.modifies == 0
+    assert counting.polls >= 50  # at least one poll per round trip
+    for peer in peers:
+        peer.close()
+
+
 def test_echo_back_pressure_pauses_and_resumes(loop):
     # A small high-water mark and small kernel buffers, so a client that sends without
     # reading fills the server's queue quickly.
