@@ -189,7 +189,7 @@ class Loop:
         if self._running:
             raise RuntimeError("this danga.Loop is already running; run() is not re-entrant")
         self._running = True
-        self._stopping = False
+        # A stop() that came before run() is kept, as asyncio does: one iteration, then out.
         try:
             while self._run_once() and not self._stopping:
                 pass
@@ -199,7 +199,8 @@ class Loop:
 
     def stop(self) -> None:
         """Make :meth:`run` return after the current iteration (from a callback, a signal
-        handler or another thread: a sleeping poll is woken)."""
+        handler or another thread: a sleeping poll is woken). Called before :meth:`run`,
+        it makes the next run() do one iteration without waiting and return."""
         self._stopping = True
         if self._in_poll:
             self.wakeup()
