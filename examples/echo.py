@@ -21,13 +21,10 @@ Three things worth reading here:
   stops reading (``watch_read(False)``) and queues a *callable* behind the data: danga
   calls it once everything before it has been handed to the kernel, and it turns
   reading back on. The kernel's buffers then push back on the client.
-- **Shutdown.** A Python signal handler runs between bytecodes, but the loop may be
-  blocked in ``epoll_wait``/``poll``/``select`` with no timer due, and Python retries an
-  interrupted poll (PEP 475). So ``stop_on_signals`` also points
-  ``signal.set_wakeup_fd`` at a socketpair the loop watches through ``other_fds``: the
-  signal makes that fd readable, the poll returns at once, and ``run()`` sees the stop.
-  A timer tick or ``set_loop_timeout`` would also notice, but late, and it would wake an
-  idle server forever; the wake-up fd costs nothing until a signal comes.
+- **Shutdown.** A signal handler that calls ``loop.stop()`` is all it takes: danga
+  wakes a poll that is sleeping when ``stop()`` is called (Python alone would retry the
+  interrupted poll with its old timeout, PEP 475), and a ``stop()`` that comes before
+  ``run()`` is kept, so a signal that arrives during start-up is not lost.
 """
 
 from __future__ import annotations
@@ -100,41 +97,18 @@ def stop_on_signals(loop: danga.Loop,
                     ) -> Callable[[], None]:
     """Make *signums* stop ``loop.run()`` promptly, even from a blocking poll.
 
-    Returns a function that restores the previous handlers and wake-up fd. Must be
-    called from the main thread (``signal.signal`` raises ValueError elsewhere).
+    Returns a function that restores the previous handlers. Must be called from the
+    main thread (``signal.signal`` raises ValueError elsewhere).
     """
-    wake_r, wake_w = socket.socketpair()
-    wake_r.setblocking(False)
-    wake_w.setblocking(False)
-    old_wakeup = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
-
-    wanted = set(signums)
-
-    def drain(mask: int) -> None:
-        # Python writes each signal's number to the wake-up fd. Stopping from here, in
-        # the loop, also covers a signal that came before run() started (run() forgets
-        # a stop() made while it was not running).
-        try:
-            while chunk := wake_r.recv(512):
-                if wanted.intersection(chunk):
-                    loop.stop()
-        except BlockingIOError:
-            pass
 
     def on_signal(signum: int, frame: Any) -> None:
-        loop.stop()  # the common case: the loop is running
+        loop.stop()  # wakes a sleeping poll; kept if run() has not started yet
 
-    loop.add_other_fds({wake_r.fileno(): drain})
     old_handlers = {signum: signal.signal(signum, on_signal) for signum in signums}
 
     def restore() -> None:
         for signum, handler in old_handlers.items():
             signal.signal(signum, handler)
-        signal.set_wakeup_fd(old_wakeup)
-        if not loop.closed:
-            loop.other_fds.pop(wake_r.fileno(), None)
-        wake_r.close()
-        wake_w.close()
 
     return restore
 
