@@ -4,6 +4,7 @@ The kqueue emulation joins the backend matrix here, in an initial conftest, so t
 pytest header (``danga backends: ...``) already lists it.
 """
 
+import select
 import sys
 from pathlib import Path
 
@@ -21,4 +22,5 @@ class EmulatedKqueuePoller(KqueuePoller):
     _kq = kqueue_emulation
 
 
-register_backend(EmulatedKqueuePoller.name, EmulatedKqueuePoller)
+if hasattr(select, "poll"):  # the emulation runs over select.poll (not on Windows)
+    register_backend(EmulatedKqueuePoller.name, EmulatedKqueuePoller)

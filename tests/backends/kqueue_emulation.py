@@ -45,7 +45,8 @@ KQ_EV_CLEAR = 0x0020
 KQ_EV_ERROR = 0x4000
 KQ_EV_EOF = 0x8000
 
-_POLLRDHUP = getattr(select, "POLLRDHUP", 0x2000)
+# Linux (and FreeBSD) only: without it, a half-close sets no EV_EOF on the read filter.
+_POLLRDHUP = getattr(select, "POLLRDHUP", 0)
 _FILTERS = (KQ_FILTER_READ, KQ_FILTER_WRITE)
 
 
