@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import socket
 
-import pytest
-
 import danga
 from danga import ERR, HUP, READ
 from danga_helpers import Recorder, Spy, drain, fd_open, nb_pair, watch_flags

@@ -195,3 +195,48 @@ def test_profiling_keys_and_counts(loop, mode):
     loop.enable_profiling()
     assert loop.profiling_data() == {}
     b.close()
+
+
+class _RawFd:
+    """A raw fd with an honest close(): a second close of a reused number would show."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.closes = 0
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def close(self) -> None:
+        self.closes += 1
+        os.close(self.fd)
+
+
+@pytest.mark.parametrize("touch", [False, True])
+def test_fd_closed_behind_dangas_back_closes_its_object(loop, touch):
+    """poll reports POLLNVAL (mapped to ERR), select fails EBADF; epoll and kqueue drop
+    a closed fd silently, and the next watch change fails EBADF. In every case the object
+    is closed once danga notices, the other sockets carry on, and danga never closes the
+    fd number again (it may belong to someone else by then)."""
+    a, b = nb_pair()
+    c, d = nb_pair()
+    raw = _RawFd(a.detach())
+    obj = Recorder(raw, loop=loop)
+    obj.watch_read(True)
+    other = Recorder(c, loop=loop)
+    other.watch_read(True)
+    loop.run_once(0)
+    os.close(raw.fd)  # behind danga's back
+    if touch:
+        obj.watch_write(True)
+    d.send(b"for the other one")
+    run_until(loop, lambda: "read" in other.log)
+    if not obj.closed:
+        obj.watch_write(not touch)  # epoll/kqueue never report it: a change notices
+    run_until(loop, lambda: obj.closed)
+    for _ in range(3):
+        loop.run_once(0)
+    assert raw.closes == 0
+    assert obj.fd not in loop.descriptor_map
+    b.close()
+    d.close()

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from danga_helpers import Recorder, nb_pair
 
 import danga
 from danga.testing import run_until
+from danga_helpers import Recorder, nb_pair
 
 
 def test_read_returns_bytes_empty_when_nothing_and_none_at_eof(loop):

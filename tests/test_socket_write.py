@@ -322,6 +322,10 @@ def test_on_incomplete_write_on_partial_write_and_on_eagain(loop):
     state["mode"] = "ok"
     run_until(loop, lambda: obj.write_buf_size == 0)
     assert drain(b) == b"abcdef"
+    # EAGAIN on the direct path of write() (empty queue) calls the hook too.
+    state["mode"] = "eagain"
+    assert obj.write(b"gh") is False
+    assert obj.incomplete == 3 and obj.write_buf_size == 2
     b.close()
 
 

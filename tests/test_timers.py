@@ -240,14 +240,15 @@ def test_no_fds_and_negative_timeout_blocks_instead_of_busy_looping(loop):
 
 
 def test_many_cancelled_timers_are_compacted(loop):
-    timers = [loop.add_timer(100 + i, lambda: None) for i in range(500)]
+    timers = [loop.add_timer(0.001 * i, lambda: None) for i in range(500)]
     keep = loop.add_timer(30, lambda: None)  # far enough never to be due on a slow box
     for t in timers:
         t.cancel()
     assert loop.timers() == 1
     assert len(loop._timers._heap) < 100  # compacted, not 501 entries
     spy = Spy(loop, fast=True)
-    loop.run_once(0)
-    assert spy.timeouts[0] == 0
+    loop.run_once()
+    # The cancelled timers, all earlier than the kept one, do not shorten the wait.
+    assert 20 < spy.timeouts[0] <= 30
     keep.cancel()
     assert loop.timers() == 0
