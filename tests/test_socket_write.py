@@ -394,3 +394,16 @@ def test_write_buf_size_counts_bytes_and_callables(loop):
     obj.close()
     assert obj.write_buf_size == 0  # Danga left it stale after close
     b.close()
+
+
+def test_empty_writes(loop):
+    """write(b"") is a zero-byte send (True) on an empty queue, and queues nothing."""
+    a, b = nb_pair()
+    shrink(a)
+    obj = danga.Socket(a, loop=loop)
+    assert obj.write(b"") is True
+    fill(obj)
+    size = obj.write_buf_size
+    assert obj.write(b"") is False
+    assert obj.write_buf_size == size
+    b.close()
