@@ -5,6 +5,7 @@ subprocesses so that discovery starts from a clean interpreter each time."""
 import json
 import os
 import re
+import select
 import subprocess
 import sys
 import textwrap
@@ -15,8 +16,12 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_SRC = ROOT / "examples" / "plugin" / "src"
 
-TOY = """
-from danga.backends.poll import PollPoller
+# The plugins below subclass a built-in that works on this platform (no poll on Windows).
+IMPORT_BASE = ("from danga.backends.poll import PollPoller" if hasattr(select, "poll")
+               else "from danga.backends.select import SelectPoller as PollPoller")
+
+TOY = f"""
+{IMPORT_BASE}
 
 class ToyPoller(PollPoller):
     '''The poll backend under another name: a plugin that conforms.'''
@@ -28,7 +33,8 @@ class ToyPoller(PollPoller):
 def make_dist(root, dist, module, source, entry_points):
     """A minimal installed distribution: module.py plus dist-info, under *root*."""
     root.mkdir(parents=True, exist_ok=True)
-    (root / f"{module}.py").write_text(textwrap.dedent(source))
+    source = textwrap.dedent(source).replace("{IMPORT_BASE}", IMPORT_BASE)
+    (root / f"{module}.py").write_text(source)
     info = root / f"{dist.replace('-', '_')}-1.0.dist-info"
     info.mkdir()
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
@@ -146,7 +152,7 @@ def test_danga_check_passes_the_example_plugin(tmp_path):
 
 def test_danga_check_fails_a_nonconforming_backend(tmp_path):
     site = make_dist(tmp_path / "site", "hasty-plugin", "danga_hasty", """
-        from danga.backends.poll import PollPoller
+        {IMPORT_BASE}
 
         class HastyPoller(PollPoller):
             '''Returns at once whatever the timeout: breaks "poll(t) waits t".'''
@@ -174,7 +180,7 @@ def test_broken_plugins_only_warn(toy):
     make_dist(site, "broken-import", "danga_broken_import", "raise ImportError('no _speedups')",
               {"brokenimport": "danga_broken_import:Poller"})
     make_dist(site, "broken-probe", "danga_broken_probe", """
-        from danga.backends.poll import PollPoller
+        {IMPORT_BASE}
         class Poller(PollPoller):
             name = "brokenprobe"
             @classmethod
@@ -182,7 +188,7 @@ def test_broken_plugins_only_warn(toy):
                 raise RuntimeError("the probe blew up")
     """, {"brokenprobe": "danga_broken_probe:Poller"})
     make_dist(site, "absent-hw", "danga_absent_hw", """
-        from danga.backends.poll import PollPoller
+        {IMPORT_BASE}
         from danga import BackendUnavailable
         class Poller(PollPoller):
             name = "absenthw"
@@ -191,7 +197,7 @@ def test_broken_plugins_only_warn(toy):
                 raise BackendUnavailable(cls.name, "needs the frobnicator device")
     """, {"absenthw": "danga_absent_hw:Poller"})
     make_dist(site, "old-api", "danga_old_api", """
-        from danga.backends.poll import PollPoller
+        {IMPORT_BASE}
         class Poller(PollPoller):
             name = "oldapi"
             api_version = 0
@@ -221,7 +227,7 @@ def test_broken_plugins_only_warn(toy):
 def test_two_distributions_claiming_one_name(tmp_path):
     def site(dist, origin):
         return make_dist(tmp_path / dist, dist, f"danga_{dist.replace('-', '_')}", f"""
-            from danga.backends.poll import PollPoller
+            {IMPORT_BASE}
             class Poller(PollPoller):
                 name = "dup"
                 origin = "{origin}"
