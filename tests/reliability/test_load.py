@@ -92,6 +92,7 @@ def _select_room() -> int:
 
 # -- 10,000 concurrent connections (2,000 by default) --------------------------------------
 
+@pytest.mark.timeout(size(60, 1200))
 def test_concurrent_echo(loop: danga.Loop, danga_backend: str) -> None:
     nconn = size(2000, 10000)
     if danga_backend == "select":
@@ -208,6 +209,7 @@ class ChurnServer(danga.Listener):
         self.refs.append(weakref.ref(obj))
 
 
+@pytest.mark.timeout(size(60, 900))
 def test_churn(loop: danga.Loop, danga_backend: str) -> None:
     total = size(5000, 50000)
     in_flight = 50
@@ -254,6 +256,7 @@ class Sender(danga.Socket):
         raise AssertionError("not watched")
 
 
+@pytest.mark.timeout(size(60, 300))
 @pytest.mark.parametrize("path", ["sendmsg", "writer_func"])
 def test_slow_reader(loop: danga.Loop, danga_backend: str, path: str) -> None:
     total = size(20, 100) << 20
