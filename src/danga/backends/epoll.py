@@ -52,47 +52,52 @@ class EpollPoller:
 
     def __init__(self) -> None:
         self._ep: select.epoll | None = select.epoll()
-        self._count = 0  # registered fds: sizes maxevents
+        self._fds: set[int] = set()  # registered fds: their number sizes maxevents
 
     def modify(self, fd: int, old: int, new: int) -> None:
         """See Poller.modify. Raises OSError (EBADF), UnsupportedFileType, RuntimeError."""
         ep = self._ep
         if ep is None:
             raise closed_error(self.name)
+        # What the kernel has is tracked here, not taken from *old*: modify of an unknown
+        # fd registers it, removing an unknown (or refused) fd is a no-op, and the count
+        # that sizes maxevents stays exact.
+        known = self._fds
         if not new:
-            if old:
+            if fd in known:
+                known.discard(fd)
                 try:
                     ep.unregister(fd)
-                    self._count -= 1
                 except OSError as exc:
-                    # Closed behind our back (EBADF) or never registered (ENOENT).
+                    # Closed behind our back (EBADF), or dropped by the kernel (ENOENT).
                     if exc.errno not in (errno.EBADF, errno.ENOENT):
                         raise
             return
         try:
-            if old:
-                ep.modify(fd, new)
+            if fd in known:
+                try:
+                    ep.modify(fd, new)
+                except FileNotFoundError:  # the kernel forgot it (closed and reopened)
+                    ep.register(fd, new)
             else:
-                ep.register(fd, new)
-                self._count += 1
-        except FileNotFoundError:  # MOD of an fd the kernel forgot: register it
-            ep.register(fd, new)
-            self._count += 1
-        except FileExistsError:  # ADD of an fd already registered: modify it
-            ep.modify(fd, new)
+                try:
+                    ep.register(fd, new)
+                except FileExistsError:  # registered behind our back (a dup): modify
+                    ep.modify(fd, new)
         except PermissionError as exc:
             raise UnsupportedFileType(
                 errno.EPERM,
                 f"fd {fd} cannot be watched by epoll (a regular file or directory); "
                 "read it directly instead of watching it",
             ) from exc
+        known.add(fd)
 
     def poll(self, timeout: float | None) -> Events:
         """See Poller.poll. Raises RuntimeError after close()."""
         ep = self._ep
         if ep is None:
             raise closed_error(self.name)
-        maxevents = self._count if self._count > 0 else 1
+        maxevents = len(self._fds) or 1
         if timeout is None:
             return ep.poll(-1, maxevents)
         if timeout <= 0:
@@ -104,3 +109,4 @@ class EpollPoller:
         ep, self._ep = self._ep, None
         if ep is not None:
             ep.close()
+            self._fds.clear()

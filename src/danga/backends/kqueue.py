@@ -68,7 +68,7 @@ class KqueuePoller:
         m = self._kq
         self._q: Any = m.kqueue()
         self._filters = 0  # knotes registered: sizes the event buffer
-        self._fds: set[int] = set()
+        self._fds: dict[int, int] = {}  # fd -> the READ/WRITE filters it has
         # OS flags, mapped once.
         self._kevent = m.kevent
         self._f_read = m.KQ_FILTER_READ
@@ -83,10 +83,13 @@ class KqueuePoller:
         q = self._q
         if q is None:
             raise closed_error(self.name)
-        if new and fd not in self._fds:
+        # The filters this fd really has, not the caller's *old*: modify of an unknown fd
+        # registers it, and removing an unknown fd must not touch the filter count.
+        have = self._fds.get(fd, 0)
+        if new and not have:
             check_pollable(fd)
         for bit, filt in ((READ, self._f_read), (WRITE, self._f_write)):
-            if new & bit and not old & bit:
+            if new & bit and not have & bit:
                 try:
                     q.control([self._kevent(fd, filt, self._ev_add)], 0, 0)
                 except OSError as exc:
@@ -98,15 +101,20 @@ class KqueuePoller:
                         ) from exc
                     raise
                 self._filters += 1
-            elif old & bit and not new & bit:
+                have |= bit
+            elif have & bit and not new & bit:
                 self._filters -= 1
+                have &= ~bit
                 try:
                     q.control([self._kevent(fd, filt, self._ev_delete)], 0, 0)
                 except OSError as exc:
                     # The kernel already dropped the knote of a closed fd.
                     if exc.errno not in (errno.EBADF, errno.ENOENT):
                         raise
-        (self._fds.add if new else self._fds.discard)(fd)
+        if new:
+            self._fds[fd] = have | (new & ~(READ | WRITE))  # ERR/HUP-only: known, no knote
+        else:
+            self._fds.pop(fd, None)
 
     def poll(self, timeout: float | None) -> Events:
         """See Poller.poll. Raises RuntimeError after close()."""

@@ -293,11 +293,6 @@ class TestRegistration:
         poller.modify(fd, READ | WRITE, 0)  # one removal removes it
         assert fd not in events(poller)
 
-    @pytest.mark.danga_xfail(
-        ["kqueue", "kqueue-emulated"],
-        reason="core bug: KqueuePoller.modify() adds only the filters in new & ~old, so "
-        "modify(fd, READ, READ|WRITE) of an unknown fd watches WRITE only",
-    )
     def test_modify_unknown_fd_registers_it(self, poller: Poller, sockpair: Pair) -> None:
         a, b = sockpair
         fd = b.fileno()
@@ -311,12 +306,6 @@ class TestRegistration:
         poller.modify(b.fileno(), READ | WRITE, 0)
         assert b.fileno() not in events(poller)
 
-    @pytest.mark.danga_xfail(
-        ["kqueue", "kqueue-emulated"],
-        reason="core bug: KqueuePoller.modify(fd, READ|WRITE, 0) of an unknown fd still "
-        "decrements its filter count (to -2), so the event buffer is later too small and "
-        "write events of fds ready both ways are lost",
-    )
     def test_remove_unknown_fd_leaves_no_trace(self, poller: Poller, pairs: Any) -> None:
         (_, unknown), (a1, b1), (a2, b2) = pairs(), pairs(), pairs()
         poller.modify(unknown.fileno(), READ | WRITE, 0)
@@ -500,11 +489,6 @@ class TestErrors:
         assert wait_for(poller, b2.fileno(), READ)
         assert a2.fileno() not in events(poller)
 
-    @pytest.mark.danga_xfail(
-        ["epoll"],
-        reason="core bug: EpollPoller.modify(fd, READ, 0) of a regular file it refused "
-        "raises PermissionError (EPERM from EPOLL_CTL_DEL) instead of succeeding silently",
-    )
     def test_errors_leave_state_consistent(self, poller: Poller, pairs: Any,
                                            tmp_path: Any) -> None:
         # A refused registration must not leave a half-registered fd behind.
