@@ -135,3 +135,13 @@ def python() -> str:
 
 
 PROFILE = "danga-long" if LONG else "danga-ci"
+
+
+def report(line: str) -> None:
+    """Print a figure, and append it to the file named by DANGA_RELIABILITY_FIGURES (so
+    that figures survive pytest-xdist, which swallows the workers' output)."""
+    print(f"\n{line}")
+    path = os.environ.get("DANGA_RELIABILITY_FIGURES")
+    if path:
+        with open(path, "a") as f:
+            f.write(line + "\n")

@@ -12,6 +12,7 @@ import sys
 import textwrap
 
 import pytest
+from reliability_helpers import report
 
 CHILD = textwrap.dedent(r'''
     import errno, json, logging, os, resource, socket, sys
@@ -116,7 +117,7 @@ def test_emfile_on_accept(danga_backend: str) -> None:
                           capture_output=True, text=True, timeout=50)
     assert proc.returncode == 0, proc.stderr
     figures = json.loads(proc.stdout)
-    print(f"\n[{danga_backend}] EMFILE: {figures}")
+    report(f"[{danga_backend}] EMFILE: {figures}")
     assert figures["cpu_s"] < 0.1, figures
     assert figures["iterations"] < 200, figures  # ~2 per back-off; a spin makes thousands
     assert len(figures["warnings"]) == 1, figures  # logged once per episode
