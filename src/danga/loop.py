@@ -257,7 +257,7 @@ class Loop:
             return timeout
         now = monotonic()
         if deadline <= now:
-            self._run_timers(now)
+            timers.run_due(now, self._timer_failed)
             if (self._plc or self._post_loop_callback is not None or self._push_back
                     or self._to_close):
                 # Don't sleep before post-event work has seen what the timers did: with
@@ -365,15 +365,8 @@ class Loop:
         obj._lost_fd()
         return False
 
-    def _run_timers(self, now: float) -> None:
-        for timer in self._timers.pop_due(now):
-            if timer.cancelled:
-                continue
-            timer.cancelled = True  # fired: cancel() and a second run are no-ops
-            try:
-                timer.callback(*timer.args)
-            except Exception as exc:
-                self._callback_failed(exc, None, timer.callback, "a timer callback")
+    def _timer_failed(self, exc: Exception, callback: Any) -> None:
+        self._callback_failed(exc, None, callback, "a timer callback")
 
     def _post_event(self) -> bool:
         if self._push_back:
@@ -692,7 +685,8 @@ class Loop:
             ValueError: *seconds* is NaN.
             RuntimeError: the loop is closed.
         """
-        self._check_open()
+        if self._closed:
+            self._check_open()
         timer = self._timers.add(seconds, callback, args)
         if self._in_poll:  # added by a signal handler (or a thread) while we sleep
             self.wakeup()

@@ -3,10 +3,16 @@
 - Equal deadlines fire in the order they were added (the sequence number breaks ties).
 - A cancelled timer is marked, not searched for; it never fires and never shortens the
   loop's wait (the heap's head is cleaned before the wait is computed). When most of the
-  heap is cancelled it is rebuilt, so cancel-heavy code does not grow it without bound.
+  heap is cancelled it is rebuilt in place, so cancel-heavy code does not grow it without
+  bound.
 - A timer added while timers are running (delay 0 included) fires in the next iteration:
-  each run only fires timers whose sequence predates it, so a callback that re-arms
-  itself cannot starve I/O.
+  a run only fires timers whose sequence predates it, so a callback that re-arms itself
+  cannot starve I/O.
+
+Why a Timer *is* a list: the heap then holds the timers themselves and compares them in
+C (deadline, then the unique sequence number, so the callback is never compared), and
+making one costs no Python ``__init__``. This is what makes scheduling and firing cheap;
+the named attributes below are views of the slots.
 """
 
 from __future__ import annotations
@@ -19,44 +25,68 @@ from typing import Any
 
 __all__ = ["Timer", "TimerHeap"]
 
+# Slots of a Timer.
+_DEADLINE, _SEQ, _CALLBACK, _ARGS, _HEAP = range(5)
 
-class Timer:
-    """A scheduled call, returned by :meth:`danga.Loop.add_timer`."""
 
-    __slots__ = ("_heap", "args", "callback", "cancelled", "deadline", "seq")
+class Timer(list[Any]):
+    """A scheduled call, returned by :meth:`danga.Loop.add_timer`.
 
-    def __init__(
-        self,
-        deadline: float,
-        seq: int,
-        callback: Callable[..., Any],
-        args: tuple[Any, ...],
-        heap: TimerHeap,
-    ) -> None:
-        self.deadline = deadline
-        self.seq = seq
-        self.callback = callback
-        self.args = args
-        self.cancelled = False
-        self._heap: TimerHeap | None = heap
+    Once it has fired or been cancelled, its callback slot is None and :attr:`cancelled`
+    is True: cancelling then is a no-op.
+    """
+
+    __slots__ = ()
+
+    @property
+    def deadline(self) -> float:
+        """When it is due, on the ``time.monotonic()`` clock."""
+        return self[_DEADLINE]  # type: ignore[no-any-return]
+
+    @property
+    def seq(self) -> int:
+        """Its place among timers with the same deadline (FIFO)."""
+        return self[_SEQ]  # type: ignore[no-any-return]
+
+    @property
+    def callback(self) -> Callable[..., Any] | None:
+        """The callable, or None once fired or cancelled."""
+        return self[_CALLBACK]  # type: ignore[no-any-return]
+
+    @property
+    def args(self) -> tuple[Any, ...]:
+        """The arguments the callback is called with."""
+        return self[_ARGS]  # type: ignore[no-any-return]
+
+    @property
+    def cancelled(self) -> bool:
+        """True once cancelled (or fired): it will not run (again)."""
+        return self[_CALLBACK] is None
 
     def cancel(self) -> None:
         """Cancel the timer; idempotent, and harmless after it fired."""
-        if self.cancelled:
+        if self[_CALLBACK] is None:
             return
-        self.cancelled = True
-        heap, self._heap = self._heap, None
+        self[_CALLBACK] = None
+        heap = self[_HEAP]
         if heap is not None:
+            self[_HEAP] = None
             heap.cancelled_one()
 
     def __repr__(self) -> str:
-        state = "cancelled" if self.cancelled else f"due in {self.deadline - monotonic():.3f}s"
-        name = getattr(self.callback, "__qualname__", repr(self.callback))
-        return f"<danga.Timer {name} {state}>"
+        if self[_CALLBACK] is None:
+            return "<danga.Timer done or cancelled>"
+        name = getattr(self[_CALLBACK], "__qualname__", repr(self[_CALLBACK]))
+        return f"<danga.Timer {name} due in {self[_DEADLINE] - monotonic():.3f}s>"
+
+    # Hashable by identity (a set of timers works). Equality stays list equality, which
+    # for two timers is identity too: their sequence numbers differ. No Python __eq__:
+    # it would route the heap's C comparisons through Python.
+    __hash__ = object.__hash__  # type: ignore[assignment]
 
 
 class TimerHeap:
-    """The loop's timers."""
+    """The loop's timers. The loop reads ``_heap`` and ``_seq`` directly on its hot path."""
 
     __slots__ = ("_cancelled", "_heap", "_seq")
 
@@ -64,7 +94,7 @@ class TimerHeap:
     COMPACT_MIN = 64
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, Timer]] = []
+        self._heap: list[Timer] = []
         self._seq = 0
         self._cancelled = 0
 
@@ -79,58 +109,75 @@ class TimerHeap:
             TypeError: *seconds* is not a real number or *callback* is not callable.
             ValueError: *seconds* is NaN.
         """
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
-            raise TypeError(
-                f"timer delay must be a number of seconds (int or float), "
-                f"not {type(seconds).__name__}"
-            )
-        if math.isnan(seconds):
-            raise ValueError("timer delay is NaN; pass a number of seconds")
+        cls = seconds.__class__
+        # Fast path for plain numbers; x != x is NaN's test without a call to math.isnan.
+        if (cls is not float and cls is not int) or seconds != seconds:  # noqa: PLR0124
+            check_delay(seconds)
         if not callable(callback):
             raise TypeError(f"timer callback must be callable, not {type(callback).__name__}")
-        deadline = monotonic() + seconds if seconds > 0 else monotonic()
+        now = monotonic()
         self._seq = seq = self._seq + 1
-        timer = Timer(deadline, seq, callback, args, self)
-        heapq.heappush(self._heap, (deadline, seq, timer))
+        timer = Timer((now + seconds if seconds > 0 else now, seq, callback, args, self))
+        heapq.heappush(self._heap, timer)
         return timer
 
     def cancelled_one(self) -> None:
         self._cancelled += 1
         heap = self._heap
         if self._cancelled > self.COMPACT_MIN and self._cancelled * 2 > len(heap):
-            self._heap = [item for item in heap if not item[2].cancelled]
-            heapq.heapify(self._heap)
+            # In place: the loop may hold this list while callbacks cancel timers.
+            heap[:] = [t for t in heap if t[_CALLBACK] is not None]
+            heapq.heapify(heap)
             self._cancelled = 0
 
     def next_deadline(self) -> float | None:
         """The deadline of the next live timer, dropping cancelled ones at the head."""
         heap = self._heap
         while heap:
-            item = heap[0]
-            if not item[2].cancelled:
-                return item[0]
+            head = heap[0]
+            if head[_CALLBACK] is not None:
+                return head[_DEADLINE]  # type: ignore[no-any-return]
             heapq.heappop(heap)
             self._cancelled -= 1
         return None
 
-    def pop_due(self, now: float) -> list[Timer]:
-        """Remove and return the live timers due at *now*.
+    def run_due(self, now: float, failed: Callable[[Exception, Any], None]) -> None:
+        """Fire the timers due at *now* that existed before this call, in order.
 
-        The caller runs them after this returns, so timers they add wait for the next call.
+        ``failed(exc, callback)`` is called for an exception raised by a callback.
         """
         heap = self._heap
-        due: list[Timer] = []
-        while heap and heap[0][0] <= now:
-            timer = heapq.heappop(heap)[2]
-            if timer.cancelled:
+        limit = self._seq
+        pop = heapq.heappop
+        while heap:
+            timer = heap[0]
+            if timer[_DEADLINE] > now or timer[_SEQ] > limit:
+                return  # not due, or added by a callback of this run: next iteration
+            pop(heap)
+            callback = timer[_CALLBACK]
+            if callback is None:
                 self._cancelled -= 1
                 continue
-            timer._heap = None  # a late cancel() is a no-op
-            due.append(timer)
-        return due
+            timer[_CALLBACK] = None  # fired: cancel() and a second run are no-ops
+            timer[_HEAP] = None
+            try:
+                callback(*timer[_ARGS])
+            except Exception as exc:
+                failed(exc, callback)
 
     def clear(self) -> None:
-        for _, _, timer in self._heap:
-            timer._heap = None
+        for timer in self._heap:
+            timer[_HEAP] = None
         self._heap.clear()
         self._cancelled = 0
+
+
+def check_delay(seconds: object) -> None:
+    """Raises TypeError unless *seconds* is a real number, ValueError if it is NaN."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise TypeError(
+            f"timer delay must be a number of seconds (int or float), "
+            f"not {type(seconds).__name__}"
+        )
+    if math.isnan(seconds):
+        raise ValueError("timer delay is NaN; pass a number of seconds")
