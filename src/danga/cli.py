@@ -74,7 +74,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``danga`` command. Returns the exit status."""
-    _load_extra_commands()
+    _load_extra_commands(sys.argv[1:] if argv is None else list(argv))
     parser = argparse.ArgumentParser(prog="danga", description="danga event loop tools")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (help_text, _, configure) in _COMMANDS.items():
@@ -91,11 +91,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _load_extra_commands() -> None:
-    # Subcommands that live in their own modules register themselves on import.
+# Subcommands that live in their own modules and register themselves on import. They
+# are imported only when asked for (or for the help), so `danga backends` never pays
+# for pytest, which `danga.testing` imports.
+_LAZY_COMMANDS = {"check": "danga.testing.check", "bench": "danga.bench"}
+
+
+def _load_extra_commands(argv: list[str]) -> None:
     import importlib
 
-    for module in ("danga.testing.check", "danga.bench"):
+    first = next((a for a in argv if not a.startswith("-")), None)
+    wanted = [first] if first in _LAZY_COMMANDS else [] if first in _COMMANDS else list(
+        _LAZY_COMMANDS)
+    for name in wanted:
+        module = _LAZY_COMMANDS[name]
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:
