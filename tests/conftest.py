@@ -8,6 +8,10 @@ import select
 import sys
 from pathlib import Path
 
+import pytest
+
+import danga
+import danga.loop
 from danga.backends.kqueue import KqueuePoller
 from danga.testing import register_backend
 
@@ -24,3 +28,16 @@ class EmulatedKqueuePoller(KqueuePoller):
 
 if hasattr(select, "poll"):  # the emulation runs over select.poll (not on Windows)
     register_backend(EmulatedKqueuePoller.name, EmulatedKqueuePoller)
+
+
+@pytest.fixture
+def default_loop(poller_cls, monkeypatch):
+    """A fresh Loop on this test's backend installed as the process's default loop
+    (what get_loop(), loop=None and Danga's class-method names use), closed after."""
+    lp = danga.Loop(poller_cls)
+    monkeypatch.setattr(danga.loop, "_default", lp)
+    yield lp
+    for obj in list(lp.descriptor_map.values()):
+        obj.close()
+    if not lp.closed:
+        lp.close()

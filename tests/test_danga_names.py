@@ -9,24 +9,11 @@ from __future__ import annotations
 
 import os
 
-import pytest
-
 import danga
 import danga.loop
 from danga import Socket
 from danga.testing import run_until
 from danga_helpers import nb_pair
-
-
-@pytest.fixture
-def default_loop(poller_cls, monkeypatch):
-    lp = danga.Loop(poller_cls)
-    monkeypatch.setattr(danga.loop, "_default", lp)
-    yield lp
-    for obj in list(lp.descriptor_map.values()):
-        obj.close()
-    if not lp.closed:
-        lp.close()
 
 
 def test_get_loop_and_loop_none_use_the_default(default_loop):

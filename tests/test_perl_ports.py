@@ -20,21 +20,7 @@ import warnings
 
 import pytest
 
-import danga
-import danga.loop
 from danga import Socket
-
-
-@pytest.fixture
-def default_loop(poller_cls, monkeypatch):
-    lp = danga.Loop(poller_cls)
-    monkeypatch.setattr(danga.loop, "_default", lp)
-    yield lp
-    for obj in list(lp.descriptor_map.values()):
-        obj.close()
-    if not lp.closed:
-        lp.close()
-
 
 # -- t/05-postloop.t ---------------------------------------------------------------------
 
