@@ -25,10 +25,11 @@ def test_smallest_run_is_well_formed(tmp_path: Path) -> None:
     server = f"danga-{danga.backends.best().name}"
     out = tmp_path / "result.json"
     proc = subprocess.run(
-        [sys.executable, str(BENCH / "run.py"), "--servers", server, "--workloads", "pp64x1",
+        # Through `danga bench` (src/danga/bench.py), which drives benchmarks/run.py.
+        [sys.executable, "-m", "danga", "bench", "--servers", server, "--workloads", "pp64x1",
          "--rounds", "1", "--duration", "0.5", "--warmup", "0.1", "--no-timers",
          "--no-syscalls", "--no-png", "--json", str(out)],
-        capture_output=True, text=True, timeout=25, check=False,
+        capture_output=True, text=True, timeout=25, check=False, cwd=BENCH.parent,
     )
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(out.read_text())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from typing import Any
 
 from .listener import Listener
 from .loop import Loop
@@ -57,7 +58,7 @@ class _Client(Socket):
             self.loop.stop()
 
 
-def run_demo(backend: str | None, messages: int) -> int:
+def run_demo(backend: str | type[Any] | None, messages: int) -> int:
     """Echo *messages* 64-byte messages over 127.0.0.1; print the rate. Returns 0."""
     loop = Loop(backend)
     try:
