@@ -25,12 +25,13 @@ import os
 import sys
 import weakref
 from collections.abc import Callable, Mapping
+from heapq import heappush
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 from . import backends as _backends
 from .poller import ERR, HUP, READ, WRITE, fd_is_open
-from .timers import Timer, TimerHeap
+from .timers import Timer, TimerHeap, check_delay
 
 if TYPE_CHECKING:
     from .poller import Poller
@@ -685,9 +686,21 @@ class Loop:
             ValueError: *seconds* is NaN.
             RuntimeError: the loop is closed.
         """
+        # Inlined (it is a hot path for timer-heavy servers): validate, stamp, push.
         if self._closed:
             self._check_open()
-        timer = self._timers.add(seconds, callback, args)
+        cls = seconds.__class__
+        # Fast path for plain numbers; x != x is NaN's test without a call to math.isnan.
+        if (cls is not float and cls is not int) or seconds != seconds:  # noqa: PLR0124
+            check_delay(seconds)
+        if not callable(callback):
+            raise TypeError(f"timer callback must be callable, not {type(callback).__name__}")
+        timers = self._timers
+        now = monotonic()
+        timers._seq = seq = timers._seq + 1
+        deadline = now + seconds if seconds > 0 else now
+        timer = Timer((deadline, seq, callback, args, timers))
+        heappush(timers._heap, timer)
         if self._in_poll:  # added by a signal handler (or a thread) while we sleep
             self.wakeup()
         return timer

@@ -9,10 +9,10 @@
   a run only fires timers whose sequence predates it, so a callback that re-arms itself
   cannot starve I/O.
 
-Why a Timer *is* a list: the heap then holds the timers themselves and compares them in
-C (deadline, then the unique sequence number, so the callback is never compared), and
-making one costs no Python ``__init__``. This is what makes scheduling and firing cheap;
-the named attributes below are views of the slots.
+Why a Timer *is* a list: making one costs no Python ``__init__``, and the loop reads and
+writes its slots by index; the named attributes below are views of the slots. The heap
+holds ``(deadline, seq, timer)`` tuples: CPython compares tuples about twice as fast as
+lists, and the unique sequence number means the timer itself is never compared.
 """
 
 from __future__ import annotations
@@ -71,7 +71,9 @@ class Timer(list[Any]):
         heap = self[_HEAP]
         if heap is not None:
             self[_HEAP] = None
-            heap.cancelled_one()
+            heap._cancelled = n = heap._cancelled + 1
+            if n > heap.COMPACT_MIN and n * 2 > len(heap._heap):
+                heap.compact()
 
     def __repr__(self) -> str:
         if self[_CALLBACK] is None:
@@ -86,7 +88,8 @@ class Timer(list[Any]):
 
 
 class TimerHeap:
-    """The loop's timers. The loop reads ``_heap`` and ``_seq`` directly on its hot path."""
+    """The loop's timers. ``Loop.add_timer`` pushes onto ``_heap`` directly (its hot path)
+    and ``Timer.cancel`` counts ``_cancelled``."""
 
     __slots__ = ("_cancelled", "_heap", "_seq")
 
@@ -102,33 +105,13 @@ class TimerHeap:
         """Timers that are still going to fire."""
         return len(self._heap) - self._cancelled
 
-    def add(self, seconds: float, callback: Callable[..., Any], args: tuple[Any, ...]) -> Timer:
-        """Schedule ``callback(*args)`` in *seconds* (negative: due now).
-
-        Raises:
-            TypeError: *seconds* is not a real number or *callback* is not callable.
-            ValueError: *seconds* is NaN.
-        """
-        cls = seconds.__class__
-        # Fast path for plain numbers; x != x is NaN's test without a call to math.isnan.
-        if (cls is not float and cls is not int) or seconds != seconds:  # noqa: PLR0124
-            check_delay(seconds)
-        if not callable(callback):
-            raise TypeError(f"timer callback must be callable, not {type(callback).__name__}")
-        now = monotonic()
-        self._seq = seq = self._seq + 1
-        timer = Timer((now + seconds if seconds > 0 else now, seq, callback, args, self))
-        heapq.heappush(self._heap, timer)
-        return timer
-
-    def cancelled_one(self) -> None:
-        self._cancelled += 1
+    def compact(self) -> None:
+        """Drop the cancelled timers (Timer.cancel calls it when most are cancelled)."""
         heap = self._heap
-        if self._cancelled > self.COMPACT_MIN and self._cancelled * 2 > len(heap):
-            # In place: the loop may hold this list while callbacks cancel timers.
-            heap[:] = [t for t in heap if t[_CALLBACK] is not None]
-            heapq.heapify(heap)
-            self._cancelled = 0
+        # In place: the loop may hold this list while callbacks cancel timers.
+        heap[:] = [t for t in heap if t[_CALLBACK] is not None]
+        heapq.heapify(heap)
+        self._cancelled = 0
 
     def next_deadline(self) -> float | None:
         """The deadline of the next live timer, dropping cancelled ones at the head."""
@@ -150,10 +133,10 @@ class TimerHeap:
         limit = self._seq
         pop = heapq.heappop
         while heap:
-            timer = heap[0]
-            if timer[_DEADLINE] > now or timer[_SEQ] > limit:
+            head = heap[0]
+            if head[0] > now or head[1] > limit:
                 return  # not due, or added by a callback of this run: next iteration
-            pop(heap)
+            timer = pop(heap)
             callback = timer[_CALLBACK]
             if callback is None:
                 self._cancelled -= 1
