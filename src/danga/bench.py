@@ -5,7 +5,8 @@ wheel: it compiles C servers and starts peers such as asyncio, uvloop and Perl's
 Danga::Socket). It is found through ``DANGA_BENCHMARKS``, next to this package in a source
 checkout, or in the current directory. ``python benchmarks/run.py`` is the full run.
 
-Importing ``danga`` never imports this module; ``danga.cli`` does, to register the command.
+Importing ``danga`` never imports this module; ``danga.cli`` does, only for ``danga bench``
+and the help, to register the command.
 """
 
 from __future__ import annotations

@@ -208,7 +208,7 @@ class Loop:
 
     def wakeup(self) -> None:
         """Make a sleeping poll return now. Safe from signal handlers and other threads;
-        calls coalesce. (The self-pipe is created on first use.)"""
+        calls coalesce (one byte at most waits in the loop's self-pipe)."""
         waker = self._waker
         if waker is not None:
             waker.wake()
@@ -358,7 +358,7 @@ class Loop:
     def _fd_alive(self, obj: Socket) -> bool:
         """On ERR: is the fd still open? One closed behind danga's back (poll's POLLNVAL,
         select's EBADF) would report ERR forever, so its object is closed here, without
-        closing the fd number again. Errors are rare: the fstat is off the hot path."""
+        closing the fd number again. Errors are rare: the check is off the hot path."""
         if fd_is_open(obj.fd):
             return True
         logger.warning("%s: its fd %d was closed behind danga's back; closing it",
@@ -556,6 +556,14 @@ class Loop:
         self._waker = _Waker()
         self.backend.modify(self._waker.fd, 0, READ)
 
+    def _renew_waker(self) -> None:
+        # For a fresh poller: the old one (discarded, or the parent's) must not be asked
+        # to unregister it.
+        waker, self._waker = self._waker, None
+        if waker is not None:
+            waker.close()
+        self._make_waker()
+
     def _drop_waker(self) -> None:
         waker, self._waker = self._waker, None
         if waker is not None:
@@ -589,11 +597,7 @@ class Loop:
     def _rebuild_poller(self, why: str) -> None:
         old, self.backend = self.backend, self._poller_cls()
         self._discard_poller(old)
-        # After fork the self-pipe is shared with the parent: the child gets its own.
-        waker, self._waker = self._waker, None
-        if waker is not None:
-            waker.close()
-        self._make_waker()
+        self._renew_waker()  # after fork the self-pipe is shared with the parent
         self._forked = False
         logger.info("danga: rebuilt the %s poller: %s", self.backend.name, why)
         for fd, mask in list(self._kernel.items()):
@@ -639,10 +643,7 @@ class Loop:
         self.backend = cls()
         if not self._closed:
             self._discard_poller(old)
-        waker, self._waker = self._waker, None
-        if waker is not None:
-            waker.close()
-        self._make_waker()
+        self._renew_waker()
         self._forked = False
         self._closed = False
 
