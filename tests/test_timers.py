@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-import danga.timers
+import danga.loop
 from danga.testing import run_until
 from danga_helpers import Spy, nb_pair
 
@@ -54,7 +54,7 @@ def test_timers_are_on_the_monotonic_clock(loop, monkeypatch):
 def test_equal_deadlines_fire_fifo(loop, monkeypatch):
     order = []
     frozen = time.monotonic()
-    monkeypatch.setattr(danga.timers, "monotonic", lambda: frozen)
+    monkeypatch.setattr(danga.loop, "monotonic", lambda: frozen)
     for i in range(20):
         loop.add_timer(0.01, order.append, i)
     monkeypatch.undo()

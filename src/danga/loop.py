@@ -701,7 +701,12 @@ class Loop:
         timers._seq = seq = timers._seq + 1
         deadline = now + seconds if seconds > 0 else now
         timer = Timer((deadline, seq, callback, args, timers))
-        heappush(timers._heap, timer)
+        heap = timers._heap  # TimerHeap.push, written out
+        if timers._sorted and (not heap or deadline >= heap[-1][0]):
+            heap.append(timer)  # in order, the usual case: the list stays sorted
+        else:
+            timers._sorted = False
+            heappush(heap, timer)
         if self._in_poll:  # added by a signal handler (or a thread) while we sleep
             self.wakeup()
         return timer
