@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import socket
+
 import pytest
 
 import danga
@@ -41,6 +44,42 @@ def test_read_error_returns_none(loop):
     a.send(b"unread")  # b closes with unread data: a gets ECONNRESET
     b.close()
     assert obj.read(10) is None
+
+
+def test_eintr_on_the_plain_recv_is_retried(loop):
+    a, b = nb_pair()
+    obj = danga.Socket(a, loop=loop)
+    calls = []
+
+    def recv(sock, n):
+        calls.append(n)
+        if len(calls) == 1:
+            raise InterruptedError(errno.EINTR, "interrupted")
+        return socket.socket.recv(sock, n)
+
+    obj._recv = recv  # the slot read() calls with the socket
+    b.send(b"once")
+    assert obj.read(10) == b"once"
+    assert calls == [10, 10]
+    b.close()
+
+
+def test_a_count_above_max_read_reads_at_most_max_read(loop):
+    a, b = nb_pair()
+    obj = danga.Socket(a, loop=loop)
+    calls = []
+
+    def recv(sock, n):
+        calls.append(n)
+        return socket.socket.recv(sock, n)
+
+    obj._recv = recv
+    assert obj.read(danga.socket.MAX_READ + 1) == b""  # nothing yet: EAGAIN
+    b.send(b"big")
+    assert obj.read(10 * danga.socket.MAX_READ) == b"big"
+    assert calls == [danga.socket.MAX_READ] * 2  # one recv buffer is never larger
+    b.close()
+    assert obj.read(danga.socket.MAX_READ + 1) is None  # EOF
 
 
 def test_push_back_served_first_whole_or_split(loop):

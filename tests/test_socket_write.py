@@ -407,3 +407,53 @@ def test_empty_writes(loop):
     assert obj.write(b"") is False
     assert obj.write_buf_size == size
     b.close()
+
+
+# -- the common case's own path (bytes, nothing queued, the plain send) --------------------
+
+
+def test_eagain_with_nothing_queued_queues_it_all(loop):
+    a, b = nb_pair()
+    shrink(a)
+    obj = Closing(a, loop=loop)
+    raw = 0
+    try:
+        while True:  # fill the kernel's buffer behind danga's back: danga's queue is empty
+            raw += a.send(b"x" * 65536)
+    except BlockingIOError:
+        pass
+    assert obj.write_buf_size == 0
+    assert obj.write(b"queued") is False
+    assert obj.write_buf_size == 6 and obj.incomplete == 1
+    assert watch_flags(obj) == "W"  # danga's own write watch
+    assert collect(loop, b, want=raw + 6) == b"x" * raw + b"queued"
+    assert obj.write_buf_size == 0
+    assert watch_flags(obj) == ""  # released once the queue drained
+    assert obj.closes == []
+    b.close()
+
+
+def test_eintr_on_the_plain_send_is_retried(loop):
+    a, b = nb_pair()
+    obj = Closing(a, loop=loop)
+    calls = []
+
+    def send(sock, buf):
+        calls.append(bytes(buf))
+        if len(calls) == 1:
+            raise InterruptedError(errno.EINTR, "interrupted")
+        return socket.socket.send(sock, buf)
+
+    obj._send = send  # the slot write() calls with the socket (no writer function)
+    assert obj.write(b"once") is True
+    assert calls == [b"once", b"once"]
+    assert drain(b) == b"once" and obj.closes == []
+    b.close()
+
+
+def test_error_on_the_plain_send_closes(loop):
+    a, b = nb_pair()
+    obj = Closing(a, loop=loop)
+    b.close()
+    assert obj.write(b"to nobody") is False
+    assert obj.closes == ["EPIPE"] and obj.closed

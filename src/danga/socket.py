@@ -267,6 +267,28 @@ class Socket:
         Raises:
             TypeError: *data* is a str or another type that is not bytes-like or callable.
         """
+        if (data.__class__ is not bytes or self.write_buf_size or self._writer is not None
+                or self.closed):
+            return self._write_general(data)
+        # The common case, written out (it runs once per echo): bytes, nothing queued, the
+        # plain send, open.
+        try:
+            sent = self._send(self._io, data)
+        except BlockingIOError:
+            sent = 0
+        except InterruptedError:
+            return self._write_general(data)  # it retries
+        except OSError as exc:
+            return self._write_failed(exc)
+        if sent >= len(data):
+            # No _write_set_watch to release here: danga sets it only while something is
+            # queued (on_incomplete_write), and this path runs only when nothing is.
+            return True
+        return self._write_rest(data, sent)
+
+    def _write_general(self, data: Any) -> bool:
+        # write() for everything: closed, flush, callables, other buffers, a queue, a
+        # writer function.
         if self.closed:
             return True
         if data is None:
@@ -303,6 +325,10 @@ class Socket:
                 self._write_set_watch = False
                 self._set_write_watch(False)
             return True
+        return self._write_rest(data, sent)
+
+    def _write_rest(self, data: Any, sent: int) -> bool:
+        # A partial write (or EAGAIN): queue what is left and say so.
         self._enqueue(memoryview(data)[sent:] if sent else data)
         self.on_incomplete_write()
         return False
@@ -413,6 +439,21 @@ class Socket:
             TypeError: *n* is not an int.
             ValueError: *n* is negative.
         """
+        if n.__class__ is not int or not 0 < n <= MAX_READ or self._pb or self.closed:
+            return self._read_general(n)
+        # The common case, written out (it runs once per event): one recv.
+        try:
+            data = self._recv(self._io, n)
+        except BlockingIOError:
+            return b""
+        except InterruptedError:
+            return self._read_general(n)  # it retries
+        except OSError as exc:
+            return self._read_failed(exc)
+        return data if data else None
+
+    def _read_general(self, n: Any) -> bytes | None:
+        # read() for everything: checks, pushed-back data, closed, a large n.
         if n.__class__ is not int or n <= 0:
             if isinstance(n, bool) or not isinstance(n, int):
                 raise TypeError(f"read() takes a byte count (int), not {type(n).__name__}")
@@ -440,11 +481,13 @@ class Socket:
             except InterruptedError:
                 continue
             except OSError as exc:
-                logger.debug("%s: read failed: %s", self.as_string(), exc)
-                if exc.errno == errno.EBADF:
-                    self._disown_fd()  # closed behind our back: never close the number
-                return None
+                return self._read_failed(exc)
         return data if data else None
+
+    def _read_failed(self, exc: OSError) -> None:
+        logger.debug("%s: read failed: %s", self.as_string(), exc)
+        if exc.errno == errno.EBADF:
+            self._disown_fd()  # closed behind our back: never close the number
 
     def push_back_read(self, buf: Any) -> None:
         """Put *buf* back so the next read() returns it (FIFO after earlier push-backs).

@@ -11,6 +11,7 @@ import json
 import os
 import socket
 import traceback
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -32,7 +33,14 @@ def _in_child(body: Callable[[], dict[str, Any]],
     parent after the child reported and before it exits (its fds are still open then)."""
     r, w = os.pipe()
     go_r, go_w = os.pipe()
-    pid = os.fork()
+    with warnings.catch_warnings():
+        # Python 3.12+ warns that forking a multi-threaded process may deadlock the
+        # child. The other threads are pytest-xdist's (execnet I/O); the child takes none
+        # of their locks (CPython re-initialises the import and logging locks at fork),
+        # runs only danga and os calls, and always leaves with os._exit.
+        warnings.filterwarnings("ignore", r"This process \(pid=\d+\) is multi-threaded",
+                                DeprecationWarning)
+        pid = os.fork()
     if pid == 0:  # the child
         status = 1
         try:
