@@ -449,7 +449,8 @@ class Socket:
         except InterruptedError:
             return self._read_general(n)  # it retries
         except OSError as exc:
-            return self._read_failed(exc)
+            self._read_failed(exc)
+            return None
         return data if data else None
 
     def _read_general(self, n: Any) -> bytes | None:
@@ -481,7 +482,8 @@ class Socket:
             except InterruptedError:
                 continue
             except OSError as exc:
-                return self._read_failed(exc)
+                self._read_failed(exc)
+                return None
         return data if data else None
 
     def _read_failed(self, exc: OSError) -> None:
