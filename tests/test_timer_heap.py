@@ -12,6 +12,7 @@ import random
 import pytest
 
 import danga.loop
+import danga.timers
 
 START = 1000.0
 
@@ -20,6 +21,7 @@ START = 1000.0
 def clock(monkeypatch):
     now = [START]
     monkeypatch.setattr(danga.loop, "monotonic", lambda: now[0])
+    monkeypatch.setattr(danga.timers, "monotonic", lambda: now[0])  # Timer.__repr__
     return now
 
 
@@ -223,3 +225,89 @@ def test_huge_and_infinite_delays_never_fire(loop, clock):
     loop.add_timer(0.5, fired.append, "soon")
     run_at(loop, clock, 1e6)
     assert fired == ["soon"] and loop.timers() == 2
+
+
+def test_compaction_of_an_ordinary_heap_keeps_the_order(loop, clock):
+    delays = _delays("shuffled", 600, random.Random(11))
+    fired: list[int] = []
+    handles = [loop.add_timer(d, fired.append, i) for i, d in enumerate(delays)]
+    timers = loop._timers
+    assert not timers._sorted
+    for t in handles[::3] + handles[1::3]:  # two thirds: compacts along the way
+        t.cancel()
+    assert len(timers._heap) < len(delays) and loop.timers() == 200
+    run_at(loop, clock, 10)
+    assert fired == [i for i in expected(delays) if i % 3 == 2]
+    assert loop.timers() == 0 and timers._cancelled == 0
+
+
+@pytest.mark.parametrize("shape", ["in order", "reversed"])
+def test_an_exception_in_a_timer_goes_to_the_handler_and_the_run_goes_on(loop, clock, shape):
+    delays = _delays(shape, 10, random.Random(2))
+    order = expected(delays)
+    fired: list[int] = []
+    seen: list[str] = []
+
+    def cb(i):
+        fired.append(i)
+        if i == order[3]:
+            raise ValueError("boom")
+
+    loop.set_exception_handler(lambda lp, ctx: seen.append(str(ctx["exception"])))
+    for i, d in enumerate(delays):
+        loop.add_timer(d, cb, i)
+    run_at(loop, clock, 10)
+    assert fired == order and seen == ["boom"]
+
+
+def test_cancelling_later_timers_from_a_run_compacts_after_it(loop, clock):
+    later = [loop.add_timer(5 + i * 0.001, lambda: None) for i in range(300)]
+    kept = loop.add_timer(60, lambda: None)
+
+    def cancel_them():
+        for t in later:
+            t.cancel()
+        assert len(loop._timers._heap) == 301  # not during the run: a run is pending
+
+    loop.add_timer(0, cancel_them)
+    run_at(loop, clock, 1)
+    timers = loop._timers
+    assert timers._heap == [kept] and timers._cancelled == 0  # compacted once it ended
+    assert loop.timers() == 1
+
+
+@pytest.mark.parametrize("shape", ["in order", "shuffled"])
+def test_a_timer_that_runs_the_loop_again(loop, clock, shape):
+    # A callback calling run_once() runs the due timers that predate it (nested), and the
+    # outer run then skips what the inner one fired: every timer fires once, in order.
+    delays = _delays(shape, 400, random.Random(9))
+    fired: list[int] = []
+    first = expected(delays)[0]
+
+    def cb(i):
+        fired.append(i)
+        if i == first:
+            loop.run_once(0)
+
+    for i, d in enumerate(delays):
+        loop.add_timer(d, cb, i)
+    run_at(loop, clock, 10)
+    assert sorted(fired) == list(range(len(delays)))
+    assert fired == expected(delays)
+    assert loop.timers() == 0 and loop._timers._cancelled == 0
+
+
+def test_timer_attributes_and_repr(loop, clock):
+    def named():
+        pass
+
+    t = loop.add_timer(2.5, named, "x", 1)
+    assert t.deadline == START + 2.5 and t.args == ("x", 1) and t.callback is named
+    assert not t.cancelled and t.seq > 0
+    assert repr(t) == "<danga.Timer test_timer_attributes_and_repr.<locals>.named due in 2.500s>"
+    t.cancel()
+    assert t.cancelled and t.callback is None
+    assert repr(t) == "<danga.Timer done or cancelled>"
+    u = loop.add_timer(1, named)
+    loop.reset()
+    assert u.cancelled  # a reset drops it: it will not fire

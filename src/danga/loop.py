@@ -701,7 +701,7 @@ class Loop:
         timers._seq = seq = timers._seq + 1
         deadline = now + seconds if seconds > 0 else now
         timer = Timer((deadline, seq, callback, args, timers))
-        heap = timers._heap  # TimerHeap.push, written out
+        heap = timers._heap
         if timers._sorted and (not heap or deadline >= heap[-1][0]):
             heap.append(timer)  # in order, the usual case: the list stays sorted
         else:

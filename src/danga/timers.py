@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_right
 from collections.abc import Callable
-from heapq import heapify, heappop, heappush
+from heapq import heapify, heappop
 from time import monotonic
 from typing import Any
 
@@ -105,8 +105,9 @@ class Timer(list[Any]):
 
 
 class TimerHeap:
-    """The loop's timers. ``Loop.add_timer`` adds to ``_heap`` directly (its hot path, the
-    same steps as :meth:`push`) and ``Timer.cancel`` counts ``_cancelled``."""
+    """The loop's timers. ``Loop.add_timer`` adds to ``_heap`` directly (its hot path: an
+    append while that keeps the list sorted, else ``heappush`` and ``_sorted = False``)
+    and ``Timer.cancel`` counts ``_cancelled``."""
 
     __slots__ = ("_cancelled", "_heap", "_pending", "_seq", "_sorted")
 
@@ -134,15 +135,6 @@ class TimerHeap:
                 elif timer[_HEAP] is not None:
                     n += 1  # cancelled, counted in _cancelled but not in len(_heap)
         return n
-
-    def push(self, timer: Timer) -> None:
-        """Add *timer*: an append while it keeps the list sorted, else ``heappush``."""
-        heap = self._heap
-        if self._sorted and (not heap or timer[_DEADLINE] >= heap[-1][_DEADLINE]):
-            heap.append(timer)  # its sequence is the highest: equal deadlines stay FIFO
-        else:
-            self._sorted = False
-            heappush(heap, timer)
 
     def compact(self) -> None:
         """Drop the cancelled timers (Timer.cancel calls it when most are cancelled)."""
