@@ -457,3 +457,29 @@ def test_error_on_the_plain_send_closes(loop):
     b.close()
     assert obj.write(b"to nobody") is False
     assert obj.closes == ["EPIPE"] and obj.closed
+
+
+def test_a_complete_write_releases_the_watch_a_failed_queued_callable_left(loop):
+    # A queued callable that raises leaves the queue empty with danga's write watch on;
+    # the next complete write releases it (as it always did), or event_write would fire
+    # every iteration under a handler that keeps the object open.
+    a, b = nb_pair()
+    shrink(a)
+    obj = danga.Socket(a, loop=loop)
+    fill(obj)
+
+    def boom():
+        raise RuntimeError("a queued callable failed")
+
+    obj.write(boom)
+    assert watch_flags(obj) == "W"
+    drain(b)
+    with pytest.raises(RuntimeError):
+        while obj.write(None) is False:
+            drain(b)
+    drain(b)
+    assert obj.write_buf_size == 0 and watch_flags(obj) == "W"
+    assert obj.write(b"hi") is True
+    assert watch_flags(obj) == ""
+    assert drain(b) == b"hi"
+    b.close()

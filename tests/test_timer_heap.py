@@ -260,26 +260,38 @@ def test_an_exception_in_a_timer_goes_to_the_handler_and_the_run_goes_on(loop, c
     assert fired == order and seen == ["boom"]
 
 
-def test_cancelling_later_timers_from_a_run_compacts_after_it(loop, clock):
-    later = [loop.add_timer(5 + i * 0.001, lambda: None) for i in range(300)]
+@pytest.mark.parametrize("due", [1, 400])
+def test_cancelling_later_timers_from_a_run_compacts(loop, clock, due):
+    # A run (of 1 or of 400 due timers, so both modes) whose first timer cancels 300
+    # later ones: they never fire, the heap is compacted, the counts stay right.
+    fired: list[int] = []
+    sizes: list[int] = []
+    later = [loop.add_timer(5 + i * 0.001, fired.append, -1) for i in range(300)]
     kept = loop.add_timer(60, lambda: None)
 
     def cancel_them():
         for t in later:
             t.cancel()
-        assert len(loop._timers._heap) == 301  # not during the run: a run is pending
+        sizes.append(loop.timers())
 
     loop.add_timer(0, cancel_them)
+    for i in range(1, due):
+        loop.add_timer(0.001 * i, fired.append, i)
     run_at(loop, clock, 1)
+    assert sizes == [due - 1 + 1]  # the rest of the run, and kept
+    assert fired == list(range(1, due))
     timers = loop._timers
-    assert timers._heap == [kept] and timers._cancelled == 0  # compacted once it ended
+    assert len(timers._heap) < 100 and timers._cancelled == len(timers._heap) - 1
     assert loop.timers() == 1
+    run_at(loop, clock, 100)
+    assert fired == list(range(1, due)) and kept.cancelled and loop.timers() == 0
 
 
 @pytest.mark.parametrize("shape", ["in order", "shuffled"])
 def test_a_timer_that_runs_the_loop_again(loop, clock, shape):
-    # A callback calling run_once() runs the due timers that predate it (nested), and the
-    # outer run then skips what the inner one fired: every timer fires once, in order.
+    # A callback calling run_once() fires, in the nested run, the due timers the outer
+    # run has not reached, and the outer run then has nothing left: each fires once, in
+    # order.
     delays = _delays(shape, 400, random.Random(9))
     fired: list[int] = []
     first = expected(delays)[0]
@@ -311,3 +323,71 @@ def test_timer_attributes_and_repr(loop, clock):
     u = loop.add_timer(1, named)
     loop.reset()
     assert u.cancelled  # a reset drops it: it will not fire
+
+
+def test_a_nested_run_fires_the_overdue_rest_first_and_does_not_sleep_on_it(loop, clock):
+    fired: list[object] = []
+    waits: list[float | None] = []
+    real_poll = loop.backend.poll
+
+    def recording_poll(timeout):
+        waits.append(timeout)
+        return real_poll(0)
+
+    loop.backend.poll = recording_poll
+
+    def first():
+        fired.append("A")
+        waits.clear()
+        loop.run_once()  # B is overdue: fire it, then wait for D at most
+        fired.append(("inner wait", waits[0], loop.timers()))
+
+    loop.add_timer(0, first)
+    loop.add_timer(0, fired.append, "B")
+    loop.add_timer(60, fired.append, "D")
+    loop.run_once(0)
+    assert fired == ["A", "B", ("inner wait", 60.0, 1)]
+
+
+def test_a_nested_run_keeps_deadline_order(loop, clock):
+    fired: list[str] = []
+
+    def first():
+        fired.append("A")
+        clock[0] += 1.0  # C is due too, now: B (earlier) must still fire before it
+        loop.run_once(0)
+
+    loop.add_timer(0.001, first)
+    loop.add_timer(0.002, fired.append, "B")
+    loop.add_timer(0.5, fired.append, "C")
+    run_at(loop, clock, 0.0025)
+    assert fired == ["A", "B", "C"]
+
+
+@pytest.mark.parametrize("k", [1, 3, 7])
+def test_a_timer_added_by_a_signal_handler_mid_run_keeps_the_heap_sound(loop, clock,
+                                                                        monkeypatch, k):
+    # A signal handler runs at the first call boundary after bisect_right returns, i.e.
+    # between the bisect and the slice of a sorted run. Simulate exactly that: the
+    # handler adds a timer due at once (out of order for the sorted list).
+    real = danga.timers.bisect_right
+    fired: list[float] = []
+
+    def bisect_then_handler(a, x):
+        result = real(a, x)
+        monkeypatch.setattr(danga.timers, "bisect_right", real)
+        loop.add_timer(0, fired.append, clock[0])  # its deadline: now
+        return result
+
+    for i in range(12):
+        d = 0.001 * (i + 1)
+        loop.add_timer(d, fired.append, START + d)
+    clock[0] = START + 0.001 * k + 0.0005
+    monkeypatch.setattr(danga.timers, "bisect_right", bisect_then_handler)
+    loop.run_once(0)
+    assert fired == [START + 0.001 * (i + 1) for i in range(k)]  # the due ones, no more
+    for _ in range(20):
+        clock[0] += 0.001
+        loop.run_once(0)
+    assert sorted(fired) == fired and len(fired) == 13
+    assert loop.timers() == 0

@@ -228,7 +228,8 @@ class Loop:
         if self._forked:
             self._after_fork()
         timeout = self._loop_timeout if limit is None else limit
-        if self._timers._heap:
+        timers = self._timers
+        if timers._heap or timers._due:
             timeout = self._timers_then_wait(timeout)
         if self._dirty:
             self._flush()

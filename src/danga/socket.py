@@ -268,10 +268,10 @@ class Socket:
             TypeError: *data* is a str or another type that is not bytes-like or callable.
         """
         if (data.__class__ is not bytes or self.write_buf_size or self._writer is not None
-                or self.closed):
+                or self._write_set_watch or self.closed):
             return self._write_general(data)
         # The common case, written out (it runs once per echo): bytes, nothing queued, the
-        # plain send, open.
+        # plain send, no write watch of danga's to release, open.
         try:
             sent = self._send(self._io, data)
         except BlockingIOError:
@@ -281,8 +281,6 @@ class Socket:
         except OSError as exc:
             return self._write_failed(exc)
         if sent >= len(data):
-            # No _write_set_watch to release here: danga sets it only while something is
-            # queued (on_incomplete_write), and this path runs only when nothing is.
             return True
         return self._write_rest(data, sent)
 

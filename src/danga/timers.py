@@ -18,22 +18,28 @@ that way is most of what firing them costs). A timer out of order turns the list
 ordinary heap (``heappush``/``heappop``) until it is empty, or until a run with many due
 timers sorts it: when a sample of its leaves says a sixteenth or more is due, or after
 popping an eighth of it one by one (so a sort is always paid for by the pops it saves).
+The due slice goes to one queue shared by every run (``_due``): a callback that runs the
+loop again fires the rest of it first, in order, and a run cut short by
+KeyboardInterrupt leaves it to the next run.
 
 Why a Timer *is* a list: making one costs no Python ``__init__``, the heap compares
 ``[deadline, seq, ...]`` in C, and the loop reads and writes its slots by index; the named
 attributes below are views of the slots. The unique sequence number means the callback
 slot is never compared.
 
-Thread and signal safety: a signal handler or another thread may add a timer while the
-loop sleeps in ``poll()`` (the loop's own code is not touching the heap then). Each step
-that must be atomic is one C call or, on CPython 3.11 and later, a run of instructions
-with no eval-breaker check between them (no call, no backward jump).
+Signal and thread safety: a signal handler (or another thread) may add or cancel timers
+at any moment, also while timers run. Every change to the heap is one C call, except
+where a run scans or slices the sorted list: a signal handler can run at a call or a
+backward jump in between, so those steps check afterwards that no timer was pushed out
+of order (``_sorted``) and no compaction happened (``_epoch``), and redo the step
+another way if one did.
 """
 
 from __future__ import annotations
 
 import math
 from bisect import bisect_right
+from collections import deque
 from collections.abc import Callable
 from heapq import heapify, heappop
 from time import monotonic
@@ -87,9 +93,9 @@ class Timer(list[Any]):
         heap = self[_HEAP]
         if heap is not None:
             # The heap slot stays set: "counted in heap._cancelled". Whoever drops the
-            # timer from the heap (or from a run's due list) uncounts it and clears it.
+            # timer from the heap (or from the due queue) uncounts it and clears it.
             heap._cancelled = n = heap._cancelled + 1
-            if n > heap.COMPACT_MIN and n * 2 > len(heap._heap) and not heap._pending:
+            if n > heap.COMPACT_MIN and n * 2 > len(heap._heap) + len(heap._due):
                 heap.compact()
 
     def __repr__(self) -> str:
@@ -109,7 +115,7 @@ class TimerHeap:
     append while that keeps the list sorted, else ``heappush`` and ``_sorted = False``)
     and ``Timer.cancel`` counts ``_cancelled``."""
 
-    __slots__ = ("_cancelled", "_heap", "_pending", "_seq", "_sorted")
+    __slots__ = ("_cancelled", "_due", "_epoch", "_heap", "_seq", "_sorted")
 
     #: Compact when more than half the heap (and at least this many) is cancelled.
     COMPACT_MIN = 64
@@ -119,35 +125,42 @@ class TimerHeap:
     def __init__(self) -> None:
         self._heap: list[Timer] = []  # a heap, and sorted while _sorted
         self._seq = 0
-        self._cancelled = 0  # cancelled timers still in _heap or in a _pending list
+        self._cancelled = 0  # cancelled timers still in _heap or _due
         self._sorted = True
-        # The due lists that runs have taken out of _heap and not finished (a callback
-        # may run the loop again: a stack). Compaction waits until it is empty.
-        self._pending: list[list[Timer]] = []
+        # Due timers a run has taken out of the sorted list and not fired yet, in order.
+        # One queue for every run: a callback that runs the loop again (a nested run)
+        # fires the rest of it first, and an interrupted run leaves it to the next one.
+        self._due: deque[Timer] = deque()
+        self._epoch = 0  # counts compactions: a run checks none happened mid-slice
 
     def __len__(self) -> int:
         """Timers that are still going to fire."""
-        n = len(self._heap) - self._cancelled
-        for due in self._pending:  # only while timers run: count what is waiting there
-            for timer in due:
-                if timer[_CALLBACK] is not None:
-                    n += 1
-                elif timer[_HEAP] is not None:
-                    n += 1  # cancelled, counted in _cancelled but not in len(_heap)
-        return n
+        return len(self._heap) + len(self._due) - self._cancelled
 
     def compact(self) -> None:
-        """Drop the cancelled timers (Timer.cancel calls it when most are cancelled)."""
+        """Drop the cancelled timers from the heap (Timer.cancel calls it when most are)."""
         heap = self._heap
-        # In place: the loop may hold this list while callbacks cancel timers. Filtering
+        # In place: a run may hold this list while callbacks cancel timers. Filtering
         # keeps a sorted list sorted.
         heap[:] = [t for t in heap if t[_CALLBACK] is not None]
         if not self._sorted:
             heapify(heap)
+        due = self._due
+        if due:  # in place too: a run is popping from it
+            live = [t for t in due if t[_CALLBACK] is not None]
+            due.clear()
+            due.extend(live)
         self._cancelled = 0
+        self._epoch += 1
 
     def next_deadline(self) -> float | None:
         """The deadline of the next live timer, dropping cancelled ones at the head."""
+        due = self._due
+        while due:
+            timer = due[0]
+            if timer[_CALLBACK] is not None:
+                return timer[_DEADLINE]  # type: ignore[no-any-return]
+            self._drop(due.popleft())
         heap = self._heap
         if not heap:
             self._sorted = True
@@ -155,29 +168,46 @@ class TimerHeap:
         if heap[0][_CALLBACK] is not None:
             return heap[0][_DEADLINE]  # type: ignore[no-any-return]
         if self._sorted:
+            epoch = self._epoch
             i = 1
             size = len(heap)
             while i < size and heap[i][_CALLBACK] is None:
                 i += 1
+            dropped = heap[:i]
             del heap[:i]  # one slice; the rest stays sorted
-            self._cancelled -= i
+            if not self._sorted or self._epoch != epoch:
+                # A signal handler (or a thread) added a timer out of order or compacted
+                # the heap during the scan: the slice may hold live timers. Keep them.
+                heap.extend(t for t in dropped if t[_CALLBACK] is not None)
+                heapify(heap)
+                self._sorted = False
+            for timer in dropped:
+                if timer[_CALLBACK] is None:
+                    self._drop(timer)
         else:
             while heap and heap[0][_CALLBACK] is None:
-                heappop(heap)
-                self._cancelled -= 1
+                self._drop(heappop(heap))
         if not heap:
             self._sorted = True
             return None
         return heap[0][_DEADLINE]  # type: ignore[no-any-return]
+
+    def _drop(self, timer: Timer) -> None:
+        # A cancelled timer leaves the heap or the due queue: uncount it (once).
+        if timer[_HEAP] is not None:
+            timer[_HEAP] = None
+            self._cancelled -= 1
 
     def run_due(self, now: float, failed: Callable[[Exception, Any], None]) -> None:
         """Fire the timers due at *now* that existed before this call, in order.
 
         ``failed(exc, callback)`` is called for an exception raised by a callback; any
         other exception (KeyboardInterrupt, SystemExit) propagates, and the due timers not
-        yet run stay scheduled.
+        yet run stay scheduled (the next run fires them first).
         """
         limit = self._seq
+        if self._due:  # left by the run that called us, or by an interrupted one
+            self._fire_due(failed)
         if not self._sorted:
             heap = self._heap
             if len(heap) >= self.SORT_MIN and _many_due(heap, now):
@@ -197,11 +227,11 @@ class TimerHeap:
             if head[0] > now or head[1] > limit:
                 return False  # not due, or added by a callback of this run: next iteration
             if self._sorted:
-                return True  # a callback emptied and refilled it in order
+                return True  # a nested run sorted it
             timer = heappop(heap)
             callback = timer[_CALLBACK]
             if callback is None:
-                self._cancelled -= 1
+                self._drop(timer)
                 continue
             timer[_CALLBACK] = None  # fired: cancel() and a second run are no-ops
             timer[_HEAP] = None
@@ -223,60 +253,49 @@ class TimerHeap:
         heap = self._heap
         if not heap or heap[0][0] > now:
             return
+        epoch = self._epoch
         # Everything due that predates this run: [deadline, seq] < [now, limit + 1].
         k = bisect_right(heap, [now, limit + 1])
-        due = heap[:k]
+        chunk = heap[:k]
         del heap[:k]  # what is left is still sorted
-        pending = self._pending
-        pending.append(due)
-        try:
-            for timer in due:
-                callback = timer[_CALLBACK]
-                if callback is None:
-                    if timer[_HEAP] is not None:  # cancelled while it waited: uncount it
-                        timer[_HEAP] = None
-                        self._cancelled -= 1
-                    continue
-                timer[_CALLBACK] = None  # fired: cancel() and a second run are no-ops
-                timer[_HEAP] = None
-                try:
-                    callback(*timer[_ARGS])
-                except Exception as exc:
-                    failed(exc, callback)
-        except BaseException:
-            # KeyboardInterrupt or SystemExit from a callback: what has not run stays.
-            self._keep(due)
-            raise
-        finally:
-            pending.pop()
-        if not pending:  # compaction waited for the run to end
-            n = self._cancelled
-            if n > self.COMPACT_MIN and n * 2 > len(heap):
-                self.compact()
+        if not self._sorted or self._epoch != epoch:
+            # A signal handler (or a thread) added a timer out of order or compacted the
+            # heap between the bisect and the slice: the slice may be wrong. Undo it and
+            # pop one by one instead (exact, and it honours *limit*).
+            heap.extend(chunk)
+            heapify(heap)
+            self._sorted = False
+            if self._pop_due(now, limit, failed):
+                self._run_sorted(now, limit, failed)
+            return
+        self._due.extend(chunk)
+        self._fire_due(failed)
 
-    def _keep(self, due: list[Timer]) -> None:
-        """Put the timers of an interrupted run that have not run back in the heap."""
-        rest = []
-        for timer in due:
-            if timer[_CALLBACK] is not None:
-                rest.append(timer)
-            elif timer[_HEAP] is not None:  # cancelled meanwhile: drop and uncount it
-                timer[_HEAP] = None
-                self._cancelled -= 1
-        if rest:
-            heap = self._heap
-            heap.extend(rest)
-            heap.sort()
-            self._sorted = True
+    def _fire_due(self, failed: Callable[[Exception, Any], None]) -> None:
+        due = self._due
+        popleft = due.popleft
+        while due:
+            timer = popleft()
+            callback = timer[_CALLBACK]
+            if callback is None:
+                self._drop(timer)  # cancelled while it waited
+                continue
+            timer[_CALLBACK] = None  # fired: cancel() and a second run are no-ops
+            timer[_HEAP] = None
+            try:
+                callback(*timer[_ARGS])
+            except Exception as exc:
+                failed(exc, callback)
 
     def clear(self) -> None:
         """Drop every timer (Loop.reset and Loop.close): none of them will fire, not even
         those a run in progress has yet to reach."""
-        for timers in (self._heap, *self._pending):
+        for timers in (self._heap, self._due):
             for timer in timers:
                 timer[_CALLBACK] = None
                 timer[_HEAP] = None
         self._heap.clear()
+        self._due.clear()
         self._cancelled = 0
         self._sorted = True
 
