@@ -95,9 +95,10 @@ class Timer(list[Any]):
             # The heap slot stays set: "counted in heap._cancelled". Whoever drops the
             # timer from the heap (or from the due queue) uncounts it and clears it.
             heap._cancelled = n = heap._cancelled + 1
-            if n > heap.COMPACT_MIN and n * 2 > len(heap._heap):
-                if n * 2 > len(heap._heap) + len(heap._due):  # most of all it holds
-                    heap.compact()
+            # Most of all it holds (the due queue's length is read only near that point).
+            if (n > heap.COMPACT_MIN and n * 2 > len(heap._heap)
+                    and n * 2 > len(heap._heap) + len(heap._due)):
+                heap.compact()
 
     def __repr__(self) -> str:
         if self[_CALLBACK] is None:
