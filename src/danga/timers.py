@@ -207,51 +207,43 @@ class TimerHeap:
         other exception (KeyboardInterrupt, SystemExit) propagates, and the due timers not
         yet run stay scheduled (the next run fires them first).
         """
+        # First take every due timer out into _due (no callback runs meanwhile, so none
+        # of theirs can join), then fire the queue: what a run that called us (a nested
+        # run) or an interrupted one left there goes first, as it is the earliest.
         limit = self._seq
-        if self._due:  # left by the run that called us, or by an interrupted one
-            self._fire_due(failed)
         if not self._sorted:
             heap = self._heap
             if len(heap) >= self.SORT_MIN and _many_due(heap, now):
                 heap.sort()  # before popping: a heap fresh from heappush is nearly sorted
                 self._sorted = True
-            elif not self._pop_due(now, limit, failed):
-                return
-        self._run_sorted(now, limit, failed)
+            else:
+                self._pop_due(now, limit)
+        if self._sorted:
+            self._take_sorted(now, limit)
+        if self._due:
+            self._fire_due(failed)
 
-    def _pop_due(self, now: float, limit: int, failed: Callable[[Exception, Any], None]) -> bool:
-        """Fire due timers from an unsorted heap, one ``heappop`` each. Returns True when
-        the rest are to be run from the sorted list (the heap was sorted meanwhile)."""
-        heap = self._heap
+    def _pop_due(self, now: float, limit: int) -> None:
+        """Move due timers from an unsorted heap to _due, one ``heappop`` each; when many
+        are due, sort the rest instead (then _take_sorted takes them)."""
+        heap, due = self._heap, self._due
         budget = max(32, len(heap) >> 3)
         while heap:
             head = heap[0]
             if head[0] > now or head[1] > limit:
-                return False  # not due, or added by a callback of this run: next iteration
-            if self._sorted:
-                return True  # a nested run sorted it
-            timer = heappop(heap)
-            callback = timer[_CALLBACK]
-            if callback is None:
-                self._drop(timer)
-                continue
-            timer[_CALLBACK] = None  # fired: cancel() and a second run are no-ops
-            timer[_HEAP] = None
-            try:
-                callback(*timer[_ARGS])
-            except Exception as exc:
-                failed(exc, callback)
-            budget -= 1
-            if not budget and not self._sorted and heap and heap[0][0] <= now:
+                return  # not due, or added after this run began: next iteration
+            if not budget:
                 # Many due at once: sorting the rest (in C) is cheaper than popping it one
                 # by one, and gives the sorted mode to what follows.
                 heap.sort()
                 self._sorted = True
-                return True
+                return
+            due.append(heappop(heap))
+            budget -= 1
         self._sorted = True  # empty
-        return False
 
-    def _run_sorted(self, now: float, limit: int, failed: Callable[[Exception, Any], None]) -> None:
+    def _take_sorted(self, now: float, limit: int) -> None:
+        """Move the due prefix of the sorted list to _due: one bisect, one slice."""
         heap = self._heap
         if not heap or heap[0][0] > now:
             return
@@ -267,11 +259,11 @@ class TimerHeap:
             heap.extend(chunk)
             heapify(heap)
             self._sorted = False
-            if self._pop_due(now, limit, failed):
-                self._run_sorted(now, limit, failed)
+            self._pop_due(now, limit)
+            if self._sorted:
+                self._take_sorted(now, limit)
             return
         self._due.extend(chunk)
-        self._fire_due(failed)
 
     def _fire_due(self, failed: Callable[[Exception, Any], None]) -> None:
         due = self._due
