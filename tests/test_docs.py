@@ -190,3 +190,57 @@ def test_every_nav_page_exists_and_every_page_is_in_the_nav() -> None:
     assert not missing, f"mkdocs.yml names pages that do not exist: {missing}"
     on_disk = {p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md")}
     assert on_disk <= set(pages), f"pages missing from the nav: {sorted(on_disk - set(pages))}"
+
+
+# -- numbers quoted from the shipped conformance suite ---------------------------------
+
+#: Prints "GROUP<TAB>NODEID" for every collected test; loaded with -p in a subprocess.
+_GROUP_PRINTER = '''
+def pytest_collection_finish(session):
+    for item in session.items:
+        mark = item.get_closest_marker("danga_group")
+        print("danga-group", mark.args[0] if mark else "other", item.nodeid, sep="\\t")
+'''
+
+
+def _suite_groups(tmp_path: Path) -> dict[str, int]:
+    """How many tests of the shipped suite (danga.testing.suite) each group has, for one
+    backend: collected as `danga check` runs them, in a pytest subprocess."""
+    from danga import backends
+    from danga.testing import SUITE
+
+    (tmp_path / "danga_group_printer.py").write_text(_GROUP_PRINTER, encoding="utf-8")
+    (tmp_path / "pytest.ini").write_text("[pytest]\n", encoding="utf-8")
+    env = dict(os.environ, PYTEST_DISABLE_PLUGIN_AUTOLOAD="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(tmp_path),
+                                                        os.environ.get("PYTHONPATH")])))
+    env.pop(backends.ENV_VAR, None)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-c", str(tmp_path / "pytest.ini"), "--rootdir",
+         str(tmp_path), "-p", "danga.testing", "-p", "danga_group_printer", "-p",
+         "no:cacheprovider", "--danga-backend", backends.available()[0], "--collect-only",
+         "-q", str(SUITE)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=TIMEOUT, check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    groups: dict[str, int] = {}
+    for line in result.stdout.splitlines():
+        if line.startswith("danga-group\t"):
+            name = line.split("\t")[1]
+            groups[name] = groups.get(name, 0) + 1
+    return groups
+
+
+def test_plugins_page_quotes_the_suites_real_counts(tmp_path: Path) -> None:
+    # docs/plugins.md shows what `danga check` prints for a backend that passes; the
+    # table must be exactly what format_summary prints for the suite as it is today, so
+    # adding or removing a conformance test without updating the page fails here.
+    from danga.testing.check import GROUPS, format_summary
+
+    groups = _suite_groups(tmp_path)
+    assert set(groups) == set(GROUPS), (sorted(groups), GROUPS)  # every test in a group
+    expected = format_summary({name: {"passed": n} for name, n in groups.items()})
+    page = (DOCS / "plugins.md").read_text(encoding="utf-8")
+    assert expected in page, (
+        "docs/plugins.md's `danga check` table is stale; the suite now gives:\n" + expected
+    )
