@@ -1,5 +1,5 @@
 """Exceptions from callbacks: the default handler logs and closes the object whose
-callback raised; set_exception_handler replaces that completely (issue 3, every
+callback raised; set_exception_handler replaces that completely (every
 backend). Danga let them propagate out of EventLoop."""
 
 from __future__ import annotations

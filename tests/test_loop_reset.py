@@ -1,5 +1,5 @@
 """reset(): forget everything and build a fresh poller chosen the same way; large
-batches (issue 3, on every backend)."""
+batches (on every backend)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Deferred close, to_close(), steal_socket() (issue 3, on every backend)."""
+"""Deferred close, to_close(), steal_socket() (on every backend)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Registration: the descriptor map, ERR|HUP-only interest, batched watch changes,
-duplicate fds, and wrapping pipes and other fileno() objects (issue 3, on every backend)."""
+duplicate fds, and wrapping pipes and other fileno() objects (on every backend)."""
 
 from __future__ import annotations
 
