@@ -309,7 +309,7 @@ class Registry:
                     have = 0
                 try:
                     modify(fd, have, want)
-                except OSError as exc:
+                except Exception as exc:  # OSError; a plugin's FdOutOfRange (ValueError)
                     self._refused(owner, have, exc)
                     continue
                 kernel[fd] = want
@@ -319,14 +319,23 @@ class Registry:
                 dirty.setdefault(fd, rec)
                 raise
 
-    def _refused(self, owner: Any, have: int, exc: OSError) -> None:
+    def _refused(self, owner: Any, have: int, exc: Exception) -> None:
         fd = owner.fd
         if have:  # Poller API v2: a refused change leaves the kernel as it was
             self.kernel[fd] = have
         else:
             self.kernel.pop(fd, None)
-        if exc.errno in _GONE or fd_identity(fd) != owner._ident:
-            self._lost(owner, f"the kernel says {exc.strerror or exc}")
+        code = getattr(exc, "errno", None)
+        if code in _GONE or fd_identity(fd) != owner._ident:
+            self._lost(owner, f"the kernel says {getattr(exc, 'strerror', None) or exc}")
+            return
+        if isinstance(owner, Foreign):
+            if self.foreign.get(fd) is owner:
+                del self.foreign[fd]
+                self._unwatch(fd)
+            owner.closed = True
+            logger.error("danga: cannot watch other_fds fd %d (%s); its callback is "
+                         "removed (the fd is not closed)", fd, exc)
             return
         logger.error("danga: cannot change the watch of fd %d: %s", fd, exc)
         self.on_lost(owner, f"watch failed: {exc}")
