@@ -71,15 +71,19 @@ def _check_callable(cb: object, what: str) -> None:
 
 class _Profiled:
     """Stands in for a Socket in the dispatch loop while profiling is on: each event
-    method is timed (user and system CPU) into ``profiling_data()``. The dispatch loop
-    is the same one, so the order, the ``closed`` checks and the exception handling
-    do not change with profiling."""
+    method is timed (user and system CPU) into ``profiling_data()``; everything else is
+    the object's own. The dispatch loop is the same one (profiling only changes how it
+    looks objects up), so the order, the ``closed`` checks and the exception handling
+    do not change with profiling, and cost nothing while it is off."""
 
     __slots__ = ("_obj", "_profile")
 
     def __init__(self, obj: Socket, profile: dict[str, list[float]]) -> None:
         self._obj = obj
         self._profile = profile
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._obj, name)
 
     def _timed(self, stage: int) -> None:
         before = os.times()
@@ -104,6 +108,11 @@ class _Profiled:
 
     def event_hup(self) -> None:
         self._timed(3)
+
+
+def _real(obj: Any) -> Any:
+    """The Socket behind a _Profiled stand-in (off the hot path: errors only)."""
+    return obj._obj if obj.__class__ is _Profiled else obj
 
 
 class Loop:
@@ -288,10 +297,9 @@ class Loop:
         # The hot path: one dict lookup per fd, bit tests on local constants, no
         # allocation (profiling off). Objects registered after this batch's poll began
         # (_gen >= batch) never see its events: their fd number may have been reused.
-        dmap = self.descriptor_map
-        profile = self._profile if self._profiling else None
+        get = self.descriptor_map.get if not self._profiling else self._profiled_get
         for fd, mask in events:
-            obj = dmap.get(fd)
+            obj = get(fd)
             if obj is None:
                 self._unowned(fd, mask, batch)
                 continue
@@ -302,24 +310,29 @@ class Loop:
                 if not mask & ~_ALL:
                     continue  # a watch turned off since the poll began
                 watched = ERR  # bits no Poller may report (POLLNVAL): an error
-            target: Any = obj if profile is None else _Profiled(obj, profile)
             stage = 0
             try:
                 if watched & READ:
-                    target.event_read()
+                    obj.event_read()
                 if watched & WRITE and not obj.closed:
                     stage = 1
-                    target.event_write()
+                    obj.event_write()
                 if watched & (ERR | HUP):
-                    if watched & ERR and not obj.closed and self._registry.check_alive(obj):
+                    if watched & ERR and not obj.closed and self._registry.check_alive(
+                            _real(obj)):
                         stage = 2
-                        target.event_err()
+                        obj.event_err()
                     if watched & HUP and not obj.closed:
                         stage = 3
-                        target.event_hup()
+                        obj.event_hup()
             except Exception as exc:
-                self._callback_failed(exc, obj, getattr(obj, _STAGES[stage], None),
+                real = _real(obj)
+                self._callback_failed(exc, real, getattr(real, _STAGES[stage], None),
                                       _STAGES[stage])
+
+    def _profiled_get(self, fd: int) -> Any:
+        obj = self.descriptor_map.get(fd)
+        return None if obj is None else _Profiled(obj, self._profile)
 
     def _unowned(self, fd: int, mask: int, batch: int) -> None:
         reg = self._registry
