@@ -18,7 +18,7 @@ for speed and listed here only:
   itself changed with ``_reg.dirty[fd] = self`` (batched interest changes).
 - ``Loop._waker`` (``danga._waker.Waker``), which ``timers`` and ``socket`` never touch.
 
-Generations (docs/internals.md, "Stale events and fd reuse"): ``gen`` is incremented
+Generations (docs/internals.md#fd-reuse-in-a-batch): ``gen`` is incremented
 right before every poll. A record registered after a poll began has ``_gen >= `` that
 poll's generation and never receives its events, even when the number was reused in a
 nested ``run_once()``; an fd removed at or after a poll's generation may still be in
@@ -26,7 +26,7 @@ that poll's list, and such an event is dropped. An fd removed *before* a poll be
 reported by it is a registration the kernel cannot remove (epoll after dup-then-close):
 only a fresh poller forgets it.
 
-Interrupted changes (docs/internals.md, "Signals between any two bytecodes"): a signal
+Interrupted changes (docs/internals.md#interrupted-interest-flush): a signal
 handler may raise (KeyboardInterrupt) between any two bytecodes of :meth:`flush`. The
 popped record is put back, and an fd whose change may or may not have reached the kernel
 is marked ``UNKNOWN``; the next flush removes whatever the kernel has for it and adds it
@@ -384,7 +384,7 @@ class Registry:
             self._unwatch(fd)
             return None
         self.rebuild(f"fd {fd} kept reporting events after its registration was removed "
-                     "(docs/internals.md, 'dup-then-close')")
+                     "(docs/internals.md#dup-then-close)")
         return None
 
     # -- the poller's life -------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The event loop: run/stop, one dispatch loop, post-event work, the exception handler.
 
-One iteration, in order (docs/internals.md, "One iteration"):
+One iteration, in order (docs/internals.md#architecture):
 
     run due timers -> compute the wait -> flush pending interest changes
     -> poller.poll(wait) -> dispatch each (fd, mask): read, write, err, hup, skipping
@@ -250,7 +250,7 @@ class Loop:
                             self._plc or self._post_loop_callback is not None))):
                     # Work is waiting, or post-loop callbacks must see what the timers
                     # did first (Danga 1.62 blocked forever when the last timer went and
-                    # no fd was watched: docs/internals.md, "Long waits").
+                    # no fd was watched: docs/internals.md#last-timer-blocks).
                     timeout: float | None = 0.0
                 else:
                     timeout = self._wait(self._loop_timeout if limit is None else limit)
@@ -283,7 +283,7 @@ class Loop:
 
     def _wait(self, timeout: float | None) -> float | None:
         """The wait for the poll: the earlier of the next timer and *timeout*, clamped to
-        a day (docs/internals.md, "Long waits")."""
+        a day (docs/internals.md#long-waits)."""
         deadline = self._timers.next_deadline()
         if deadline is not None:
             wait = deadline - monotonic()
@@ -448,7 +448,7 @@ class Loop:
     def _reap(self) -> None:
         """Really close the deferred closes. Each leaves the queue only once its close
         has been tried, so an exception (or KeyboardInterrupt) in one close never leaves
-        the others open and in the descriptor map (docs/internals.md, "Deferred close")."""
+        the others open and in the descriptor map (docs/internals.md#deferred-close-exceptions)."""
         queue = self._to_close
         reg = self._registry
         while queue:

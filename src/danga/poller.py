@@ -244,7 +244,7 @@ def capabilities(cls: type[Any]) -> Capabilities:
 
 @runtime_checkable
 class Poller(Protocol):
-    """What a backend implements. See DESIGN.md §2 and docs/plugins.md.
+    """What a backend implements. See docs/plugins.md.
 
     The masks passed to :meth:`modify` and returned by :meth:`poll` are made of
     :data:`READ`, :data:`WRITE`, :data:`ERR` and :data:`HUP`. Semantics are

@@ -9,7 +9,7 @@ the time simply a sorted list.
 - The deadline is ``now + seconds`` for every delay, negative ones included: a timer
   added with -1 fires before one added earlier with 0, as in Danga (it orders by the
   true deadline). ``math.inf`` is a valid delay (never fires; the loop's waits are
-  clamped to a day, docs/internals.md, "Long waits").
+  clamped to a day, docs/internals.md#long-waits).
 - A timer added while timers are running (delay 0 included) fires in the next iteration:
   a run only fires timers whose sequence predates it, so a callback that re-arms itself
   cannot starve I/O.
@@ -34,8 +34,8 @@ slot is never compared.
 Signal and thread safety: a signal handler (or another thread) may add or cancel timers
 at any moment, also while timers run. :meth:`TimerHeap.add` pushes first and then
 wakes the loop if it is between computing its wait and polling (``Waker.polling``), so
-a timer added from another thread is never slept through (docs/internals.md, "Lost
-wakeup"). Every change to the heap is one C call, except
+a timer added from another thread is never slept through
+(docs/internals.md#lost-wakeup). Every change to the heap is one C call, except
 where a run scans or slices the sorted list: a signal handler can run at a call or a
 backward jump in between, so those steps check afterwards that no timer was pushed out
 of order (``_sorted``) and no compaction happened (``_epoch``), and redo the step
