@@ -128,6 +128,7 @@ class Registry:
         "closed",
         "descriptor_map",
         "dirty",
+        "floor",
         "foreign",
         "forked",
         "gen",
@@ -155,6 +156,7 @@ class Registry:
         self.dirty: dict[int, Any] = {}
         self.removed: dict[int, int] = {}
         self.gen = 0
+        self.floor = 0  # events of polls before this generation are stale (reset, rebuild)
         self.closed = False  # the loop is closed: nothing may be added
         self.waker_fd = -1
         self.on_lost = on_lost  # on_lost(record, why): the loop logs and closes it
@@ -388,6 +390,8 @@ class Registry:
         rec = self.foreign.get(fd)
         if rec is not None:
             return None if rec._gen >= batch else rec
+        if batch < self.floor:
+            return None  # polled before a reset or a rebuild: nothing it names is known
         removed = self.removed.get(fd)
         if removed is not None and removed >= batch:
             return None  # removed after this poll began: its events are stale
@@ -414,6 +418,7 @@ class Registry:
         self.backend = self.poller_cls()
         self._discard(old)
         self.removed.clear()
+        self.floor = self.gen + 1
         logger.info("danga: rebuilt the %s poller: %s", self.backend.name, why)
         backend = self.backend
         if self.waker_fd >= 0:
@@ -465,6 +470,7 @@ class Registry:
         self.kernel.clear()
         self.dirty.clear()
         self.removed.clear()
+        self.floor = self.gen + 1
         old, self.backend = self.backend, backend
         self.poller_cls = poller_cls
         self._capabilities(poller_cls)
