@@ -160,8 +160,9 @@ def main() -> int:
     print(f"  asyncio ns/call {_fmt(an)}")
     print(f"  danga / asyncio {statistics.median(ratio):.2f}x "
           f"({min(ratio):.2f}-{max(ratio):.2f})")
+    wakes = ", ".join(f"{int(r['wake_bytes'])}/{int(r['iterations'])}" for r in d)
     print(f"  danga: all FIFO per thread: {all(r['fifo'] for r in d)}; wake bytes / "
-          f"loop iterations: {[f'{int(r['wake_bytes'])}/{int(r['iterations'])}' for r in d]}")
+          f"loop iterations per round: {wakes}")
     s = storm(a.signals, a.threads, a.calls // 10)
     print(f"signal storm: {a.signals} x SIGUSR1 + {a.threads} threads x {a.calls // 10} "
           f"calls: callback ran {s['callback_runs']} time(s), {s['calls_run']} calls run, "

@@ -509,7 +509,7 @@ class TestErrors:
         fd = b.fileno()
         poller.modify(fd, 0, READ)
         b.close()
-        c, d = pairs()
+        c, _d = pairs()
         if c.fileno() != fd:
             os.dup2(c.fileno(), fd)
         try:
