@@ -25,7 +25,8 @@ or declare a ``max_fd`` below N: :func:`danga.poller.capabilities`; this is how 
 says a backend legitimately differs; ``strict=False`` for a capability that is always
 safe to leave undeclared, such as ``binds_open_files``: an XPASS is reported),
 ``danga_xfail(backends, reason=...)`` (a strict expected failure on backends named
-explicitly; for a test's own emulations, never for a capability) and ``danga_group(name)`` (the group ``danga check`` reports a test under).
+explicitly; for a test's own emulations, never for a capability) and
+``danga_group(name)`` (the group ``danga check`` reports a test under).
 ``--danga-report PATH`` writes per-group outcome counts as JSON (``danga check`` uses it).
 """
 
