@@ -352,6 +352,8 @@ class Settings:
     rounds: int = 3
     server_cpu: int | None = None
     client_cpu: int | None = None
+    #: False: skip the warm-up connection, to see a server's cold state (never a figure).
+    warm: bool = True
 
 
 def run_point(server: Server, wl: Workload, st: Settings, loadgen: list[str]) -> dict[str, Any]:
@@ -362,7 +364,7 @@ def run_point(server: Server, wl: Workload, st: Settings, loadgen: list[str]) ->
     # Accepting thousands of idle connections keeps a slow server busy for a while after
     # the last one is in: give the warm-up after them more time.
     warmup = st.warmup + 1.0 if wl.idle else st.warmup
-    with ServerProcess(server, st.server_cpu) as srv:
+    with ServerProcess(server, st.server_cpu, warm=st.warm) as srv:
         cmd = [
             *loadgen, "--port", str(srv.port), "--conns", str(wl.conns),
             "--size", str(wl.size), "--pipeline", str(wl.pipeline), "--idle", str(wl.idle),
@@ -508,7 +510,7 @@ def summarise(run: Run) -> dict[str, Any]:
                     "cpus": len(cpus()), "server_cpu": st.server_cpu,
                     "client_cpu": st.client_cpu},
         "settings": {"warmup": st.warmup, "duration": st.duration, "rounds": st.rounds,
-                     "warm_up_connection": True},
+                     "warm_up_connection": st.warm},
         "loadgen": run.loadgen_kind,
         "servers": [s.name for s in run.servers],
         "versions": {s.name: s.version for s in run.servers},

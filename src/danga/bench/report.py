@@ -96,7 +96,10 @@ def table(doc: dict[str, Any]) -> str:
     st = doc["settings"]
     note = "" if doc["loadgen"] == "c" else \
         " (PYTHON FALLBACK load generator: figures are floors)"
-    out = ["Servers (every one warmed by a connection that echoes and closes)", "",
+    warmed = ("every one warmed by a connection that echoes and closes"
+              if st.get("warm_up_connection", True) else
+              "COLD: no warm-up connection (--cold); not figures to compare")
+    out = [f"Servers ({warmed})", "",
            *versions_text(doc), "",
            f"Throughput, median (min-max) of {st['rounds']} interleaved rounds, "
            f"{st['duration']} s each{note}", ""]
@@ -153,7 +156,8 @@ def table(doc: dict[str, Any]) -> str:
             rows.append([mode, *[_cell(per_impl.get(i)) for i in impls], rel])
         out += _grid(["mode", *impls, "danga / asyncio"], rows)
     if doc["syscalls"]:
-        out += ["", "System calls per round trip (strace -c on the warmed server, steady "
+        state = "warmed" if st.get("warm_up_connection", True) else "COLD"
+        out += ["", f"System calls per round trip (strace -c on the {state} server, steady "
                     "window, ping-pong 64 B x 10)", ""]
         rows = []
         for s, v in doc["syscalls"].items():
@@ -229,8 +233,9 @@ def chart(doc: dict[str, Any], path: Path) -> str | None:
     for ax in flat[len(wls) + len(cpu):]:
         ax.axis("off")
     st = doc["settings"]
+    warmed = "every server warmed" if st.get("warm_up_connection", True) else "COLD servers"
     fig.suptitle(f"danga echo benchmarks: median and min-max of {st['rounds']} interleaved "
-                 f"rounds, every server warmed", fontsize=10)
+                 f"rounds, {warmed}", fontsize=10)
     versions = "; ".join(f"{n}: {doc['versions'].get(n, '?')}" for n in servers)
     fig.text(0.01, 0.005, _wrap(versions, 190), fontsize=6, va="bottom")
     fig.tight_layout(rect=(0, 0.07, 1, 0.97))

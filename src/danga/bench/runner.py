@@ -49,6 +49,9 @@ def configure(p: argparse.ArgumentParser, defaults: dict[str, float], *, json: P
     p.add_argument("--png", type=Path, default=png, help=f"where to draw the chart "
                                                          f"(default {png})")
     p.add_argument("--no-png", action="store_true", help="do not draw the chart")
+    p.add_argument("--cold", action="store_true",
+                   help="skip the warm-up connection, to see the servers' cold state (the "
+                        "tables say so; not a figure to compare)")
 
 
 def _progress(done: int, total: int, label: str) -> None:
@@ -86,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
                                                    QUICK["warmup"])
     workloads = _workloads(args.workloads)
     only = [s.strip() for s in args.servers.split(",")] if args.servers else None
-    settings = harness.Settings(warmup=args.warmup, duration=args.duration, rounds=args.rounds)
+    settings = harness.Settings(warmup=args.warmup, duration=args.duration, rounds=args.rounds,
+                                warm=not args.cold)
     started = time.monotonic()
     r = harness.new_run(settings, workloads, only)
     if not r.servers:

@@ -54,7 +54,8 @@ def measure(server: Server, st: Settings, loadgen: list[str], window: float = 2.
     strace = shutil.which("strace")
     if strace is None:
         raise RuntimeError("strace is not installed")
-    with ServerProcess(server, st.server_cpu) as srv, tempfile.TemporaryDirectory() as tmp:
+    with ServerProcess(server, st.server_cpu, warm=st.warm) as srv, \
+            tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "strace.txt"
         gen = subprocess.Popen(
             [*loadgen, "--port", str(srv.port), "--conns", str(conns), "--size", "64",
