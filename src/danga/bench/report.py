@@ -126,19 +126,21 @@ def table(doc: dict[str, Any]) -> str:
         if not per:
             continue
         out += ["", f"Server CPU per round trip, {wls[key]['title']}: µs, median (min-max); "
-                    f"{DANGA}'s user CPU / this server's (per-round ratios); client CPU "
-                    "(fraction of its core: near 1.0, the server was not the bottleneck)", ""]
+                    f"user CPU ratios ({DANGA}'s / this server's, this server's / "
+                    f"{ASYNCIO}'s) are medians (min-max) of the per-round ratios; client CPU "
+                    "is the load generator's (a fraction of its core)", ""]
         rows = []
         for s in servers:
             v = per.get(s)
             if v is None:
                 continue
             rel = _ratio_cell(ratio(doc, key, DANGA, s, USER)) if s != DANGA else "1"
+            rel_a = _ratio_cell(ratio(doc, key, s, ASYNCIO, USER)) if s != ASYNCIO else "1"
             rows.append([s, _cell(v[USER], _us), _cell(v["server_sys_us_per_rt"], _us),
-                         _us(v["server_cpu_us_per_rt"]["median"]), rel,
+                         _us(v["server_cpu_us_per_rt"]["median"]), rel, rel_a,
                          f"{v['client_cpu_frac']['median']:.2f}"])
         out += _grid(["server", "user µs/rt", "sys µs/rt", "user+sys", f"{DANGA} user / this",
-                      "client CPU"], rows)
+                      f"user / {ASYNCIO}", "client CPU"], rows)
     idle = wls.get("idle10000", {}).get("servers", {})
     if idle:
         out += ["", "Memory per idle connection (server RSS delta for 10,000 idle), bytes", ""]
