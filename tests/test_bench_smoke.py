@@ -94,6 +94,6 @@ def test_warmed_asyncio_makes_no_mmap_per_read() -> None:
         if "attach" in str(exc):
             pytest.skip(f"ptrace is not allowed here: {exc}")
         raise
-    assert got["rts"] > 100
+    assert got["rts"] > 20
     assert got["calls"].get("mmap", 0) < got["rts"] * 0.1
     assert got["per_rt"] < 3.0
