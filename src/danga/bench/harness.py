@@ -289,7 +289,7 @@ def warm_up(port: int, pid: int, timeout: float = 10.0, close_wait: float = 1.0)
 class ServerProcess:
     """A running, warmed server: ``with ServerProcess(server, cpu) as s: s.port, s.pid``.
 
-    ``warm=False`` leaves the server cold (never used for a figure).
+    ``warm=False`` leaves the server cold (``--cold``: only to show that state).
     """
 
     def __init__(self, server: Server, cpu: int | None, timeout: float = 15.0,
