@@ -99,6 +99,13 @@ class Server(EchoServer):
         self.handler(conn, loop=self.loop, high_water=self.high_water)
 
 
+def say(line: str) -> None:
+    """Print one line with one write(): the workers share stdout, and print() may split
+    a line into several writes that another worker's line lands between."""
+    sys.stdout.flush()
+    os.write(sys.stdout.fileno(), f"{line}\n".encode())
+
+
 def make_setup(args: argparse.Namespace) -> Callable[[danga.Loop, int], Any]:
     """The ``setup(loop, worker_id)`` each worker runs."""
 
@@ -108,12 +115,12 @@ def make_setup(args: argparse.Namespace) -> Callable[[danga.Loop, int], Any]:
         server = Server.bind((args.host, args.port), loop=loop, reuse_port=True)
         server.high_water = args.high_water
         server.handler = Hello if args.http else CountingEcho
-        print(f"worker {worker_id} pid {os.getpid()} listening on "
-              f"{server.local_addr_string()} (backend {loop.backend.name})", flush=True)
+        say(f"worker {worker_id} pid {os.getpid()} listening on "
+            f"{server.local_addr_string()} (backend {loop.backend.name})")
 
         def on_shutdown() -> None:
             counts = " ".join(f"{key}={value}" for key, value in STATS.items())
-            print(f"worker {worker_id} pid {os.getpid()} served {counts}", flush=True)
+            say(f"worker {worker_id} pid {os.getpid()} served {counts}")
             drain(loop)  # idle connections close now, busy ones once their reply is sent
 
         return on_shutdown
