@@ -399,6 +399,8 @@ def setup(loop, worker_id):
     os.write(1, line.encode())  # one write: workers share stdout
     if len(sys.argv) > 1 and sys.argv[1] == "fail":
         raise RuntimeError("setup failed on purpose")
+    if len(sys.argv) > 1 and sys.argv[1] == "hang":
+        time.sleep(600)  # setup never finishes: no heartbeat ever comes
 
 print("master pid", __import__("os").getpid(), flush=True)
 sys.exit(danga.prefork(setup, 1, heartbeat=0.5, graceful_timeout=5))
@@ -438,6 +440,16 @@ def test_workers_that_die_in_setup_back_off_then_give_up(servers, tmp_path):
     assert stderr.count("RuntimeError: setup failed on purpose") == 5
     assert "died during setup (4 in a row); next start in 0.80s" in stderr
     assert took >= 0.1 + 0.2 + 0.4 + 0.8  # the back-off happened
+
+
+def test_workers_that_hang_in_setup_are_killed_and_count_as_boot_failures(servers, tmp_path):
+    script = tmp_path / "staller.py"
+    script.write_text(textwrap.dedent(STALLER))
+    server = servers("hang", script=script)
+    assert server.wait(60.0) == danga.process.EXIT_BOOT_FAILED
+    stderr = server.stderr()
+    assert stderr.count("its loop has not turned") == 5, stderr
+    assert "died during setup (4 in a row); next start in 0.80s" in stderr
 
 
 def test_hup_replaces_the_workers_one_at_a_time(servers):

@@ -460,9 +460,9 @@ class _Master:
             return
         if w.killed:
             logger.warning("danga.prefork: %r was killed (%s); replacing it", w, how)
-            return
-        logger.warning("danga.prefork: %r exited unexpectedly (%s); replacing it", w, how)
-        if not w.ready:
+        else:
+            logger.warning("danga.prefork: %r exited unexpectedly (%s); replacing it", w, how)
+        if not w.ready:  # died (or hung) in setup: back off before the next start
             self.boot_failures += 1
             delay = min(_BACKOFF_FIRST * 2 ** (self.boot_failures - 1), _BACKOFF_MAX)
             self.next_spawn = time.monotonic() + delay
