@@ -452,6 +452,83 @@ def test_workers_that_hang_in_setup_are_killed_and_count_as_boot_failures(server
     assert "died during setup (4 in a row); next start in 0.80s" in stderr
 
 
+UNIX_ECHO = r"""
+import logging, os, sys
+import danga
+
+logging.basicConfig(level=logging.INFO)
+
+class Echo(danga.Socket):
+    def __init__(self, sock, *, loop):
+        super().__init__(sock, loop=loop)
+        self.watch_read(True)
+
+    def event_read(self):
+        data = self.read(100)
+        if data is None:
+            self.close("eof")
+        else:
+            self.write(f"{os.getpid()}:".encode() + data)
+
+def setup(loop, worker_id):
+    danga.Listener.bind(sys.argv[1], loop=loop, factory=Echo, reuse_port=True)
+    os.write(1, f"worker {worker_id} pid {os.getpid()} listening on 0.0.0.0:0\n".encode())
+
+print("master pid", os.getpid(), flush=True)
+sys.exit(danga.prefork(setup, 2))
+"""
+
+
+@pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="no AF_UNIX on this platform")
+def test_an_af_unix_path_is_bound_once_by_the_master(servers, tmp_path):
+    script = tmp_path / "unix_echo.py"
+    script.write_text(UNIX_ECHO)
+    path = str(tmp_path / "echo.sock")
+    server = servers(path, script=script)
+    workers = server.ready_workers(2)
+    pids = {str(pid) for pid, _ in workers.values()}
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(10.0)
+        conn.connect(path)
+        conn.sendall(b"x")
+        who, _, data = conn.recv(100).partition(b":")
+    assert who.decode() in pids and data == b"x"
+    kill("TERM", int(server.lines[0].split()[2]))
+    assert server.wait() == 0
+    assert "the master listens on" in server.stderr()
+
+
+def test_workers_shut_down_when_their_master_dies(servers):
+    server = servers("--workers", "2", "--heartbeat", "1")
+    workers = server.ready_workers(2)
+    kill("9", int(server.lines[0].split()[2]))
+    for pid, _ in workers.values():
+        wait_for(lambda pid=pid: gone(pid), 10.0, f"orphaned worker {pid} to exit")
+    for _ in workers:
+        server.expect(SERVED)  # each drained (graceful), it was not killed
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "words"),
+    [
+        ({"setup": 3}, TypeError, r"prefork\(setup\) must be callable"),
+        ({"workers": 0}, ValueError, "at least 1"),
+        ({"workers": 1.5}, TypeError, "workers"),
+        ({"reuse_port": "yes"}, ValueError, "reuse_port"),
+        ({"graceful_timeout": 0}, ValueError, "graceful_timeout"),
+        ({"heartbeat": -1}, ValueError, "heartbeat"),
+    ],
+)
+def test_bad_arguments_name_the_call(kwargs, exc, words):
+    args = {"setup": lambda loop, worker_id: None, **kwargs}
+    with pytest.raises(exc, match=words):
+        danga.prefork(**args)  # refused before anything forks
+
+
+def test_bind_outside_a_worker_is_a_plain_bind():
+    assert danga.process.bind_in_worker(("127.0.0.1", 0), reuse_port=False, backlog=1) is None
+
+
 def test_hup_replaces_the_workers_one_at_a_time(servers):
     server = servers("--workers", "2")
     old = server.ready_workers(2)

@@ -350,7 +350,7 @@ class _Master:
         try:
             address, backlog = pickle.loads(body)
             key = repr(address)
-            if self.shared:
+            if self.shared or not isinstance(address, tuple):  # AF_UNIX: one socket
                 sock = self.listeners.get(key)
                 if sock is None:
                     sock = Listener.listening_socket(address, backlog=backlog)
