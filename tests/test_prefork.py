@@ -9,6 +9,7 @@ line printed by the server, a socket state in /proc) with a deadline, never a sl
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import selectors
@@ -527,6 +528,17 @@ def test_bad_arguments_name_the_call(kwargs, exc, words):
 
 def test_bind_outside_a_worker_is_a_plain_bind():
     assert danga.process.bind_in_worker(("127.0.0.1", 0), reuse_port=False, backlog=1) is None
+
+
+def test_a_bind_error_in_the_master_is_raised_in_the_worker(servers):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        server = servers("--workers", "1", "--reuse-port", "no", "--port", str(port))
+        assert server.wait(30.0) == danga.process.EXIT_BOOT_FAILED
+    stderr = server.stderr()
+    assert "in setup" in stderr and "Server.bind" in stderr, stderr
+    refused = f"OSError: [Errno {errno.EADDRINUSE}] {os.strerror(errno.EADDRINUSE)}"
+    assert stderr.count(refused) == 5, stderr
 
 
 def test_hup_replaces_the_workers_one_at_a_time(servers):

@@ -531,7 +531,7 @@ class _Master:
             if stream is not None:
                 stream.flush()
         pid = os.fork()
-        if pid == 0:  # pragma: no cover - runs in the child (covered by subprocess tests)
+        if pid == 0:  # the child: it never returns from this block
             parent_end.close()
             code = EXIT_UNCLEAN
             try:
