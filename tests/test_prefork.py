@@ -198,7 +198,7 @@ def gone(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone before, or while, reading
         return True
 
 
@@ -600,12 +600,17 @@ def test_echo_py_sigterm_delivers_the_response_in_flight(tmp_path, installed_bac
     if sender == "timeout":
         if TIMEOUT is None:
             pytest.skip("the timeout binary is not installed")
-        # timeout sends TERM after 5 s; the response is in flight long before that.
-        argv = [TIMEOUT, "--preserve-status", "-s", "TERM", "5", *argv]
+        # timeout sends TERM after 10 s; the response is in flight long before that.
+        argv = [TIMEOUT, "--preserve-status", "-s", "TERM", "10", *argv]
+    started = time.monotonic()
     server = Server(argv, tmp_path)
     try:
         port = int(server.expect(r"listening on 127\.0\.0\.1:(\d+)").group(1))
         conn, blob = start_slow_response(port)
+        took = time.monotonic() - started
+        if sender == "timeout" and took > 8.0:
+            pytest.fail(f"the response took {took:.1f}s to be in flight: too close to"
+                        " timeout's 10 s for this test to mean anything (machine overloaded)")
         with conn:
             if sender == "kill":
                 kill("TERM", server.proc.pid)

@@ -163,7 +163,10 @@ class _Child:
         result = setup(loop, self.worker_id)
         if callable(result):
             self.on_shutdown = result
-        self.link.chan.send(_MSG_READY)
+        try:
+            self.link.chan.send(_MSG_READY)
+        except OSError:
+            pass  # the master is gone: the first heartbeat sees it and shuts down
         if self.interval is not None:
             self._beat()
         loop.run()
@@ -190,9 +193,20 @@ class _Child:
             self.quick()
             return
         self.draining = True
-        for obj in list(self.loop.descriptor_map.values()):
-            if isinstance(obj, Listener):
-                obj.close("shutdown")
+        listeners = [obj for obj in self.loop.descriptor_map.values()
+                     if isinstance(obj, Listener)]
+        for obj in listeners:
+            obj.close("shutdown")
+        self._after_close(listeners)
+
+    def _after_close(self, listeners: list[Listener]) -> None:
+        # close() leaves the OS close to the loop's post-event work: wait for it, so
+        # that once the shutdown callback runs a new connection is refused, not queued
+        # on a listener about to close (which would reset it).
+        pending = self.loop.to_close()
+        if any(obj in pending for obj in listeners):
+            self.loop.add_timer(0, self._after_close, listeners)
+            return
         if self.on_shutdown is not None:
             try:
                 self.on_shutdown()
