@@ -249,8 +249,8 @@ def test_plugins_page_quotes_the_suites_real_counts(tmp_path: Path) -> None:
 # -- citations: only documents in the repository, and only anchors that exist ------------
 
 INTERNALS = DOCS / "internals.md"
-#: Where citations are checked. (src/ joins once its comments cite docs/internals.md.)
-CITING = ("README.md", "docs", "examples", "tests", "benchmarks")
+#: Where citations are checked.
+CITING = ("README.md", "docs", "examples", "tests", "benchmarks", "src")
 #: A citation of docs/internals.md: "docs/internals.md#ANCHOR" or
 #: "docs/internals.md, 'ANCHOR'".
 _INTERNALS_CITATION = re.compile(r"internals\.md(?:#|, ')([a-z0-9-]+)")

@@ -1,6 +1,6 @@
 """The loop's self-pipe: waking a sleeping poll, and the queue of calls from other threads.
 
-How a wakeup is never lost (docs/internals.md, "Lost wakeup"). The loop sets
+How a wakeup is never lost (docs/internals.md#lost-wakeup). The loop sets
 ``polling`` *before* it computes its wait (from the timers and this queue) and clears it
 after the poll returns. Whoever changes what the loop waits for from outside (another
 thread, a signal handler) first makes the change (pushes the timer, appends the call,

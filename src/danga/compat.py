@@ -22,30 +22,19 @@ if TYPE_CHECKING:
 __all__ = ["DangaNames"]
 
 
-class _ClassOrInstance:
-    """A method that does one thing on the class and another on an instance (Danga's
-    SetPostLoopCallback: global on the class, per-object on an object)."""
+class _ClassOrInstanceMethod:
+    """A method that acts on the class when called on the class and on the object when
+    called on one (Danga's SetPostLoopCallback: global on the class, per-object on an
+    object). It keeps the function's name, signature and docstring for the docs."""
 
-    def __init__(self, on_class: Callable[..., Any], on_instance: Callable[..., Any],
-                 doc: str) -> None:
-        self._on_class = on_class
-        self._on_instance = on_instance
-        self.__doc__ = doc
+    def __init__(self, func: Callable[..., Any]) -> None:
+        self.__func__ = func
+        self.__doc__ = func.__doc__
+        self.__name__ = func.__name__
+        self.__wrapped__ = func
 
-    def __get__(self, obj: Any, objtype: Any = None) -> Any:
-        if obj is None:
-            return types.MethodType(self._on_class, objtype)
-        return types.MethodType(self._on_instance, obj)
-
-
-def _set_post_loop_callback_on_class(cls: type, callback: PostLoopCallback | None) -> None:
-    """``get_loop().set_post_loop_callback(callback)``."""
-    get_loop().set_post_loop_callback(callback)
-
-
-def _set_post_loop_callback_on_object(self: Socket, callback: PostLoopCallback | None) -> None:
-    """``self.set_post_loop_callback(callback)``."""
-    self.set_post_loop_callback(callback)
+    def __get__(self, obj: Any, objtype: Any = None) -> Callable[..., Any]:
+        return types.MethodType(self.__func__, objtype if obj is None else obj)
 
 
 class DangaNames:
@@ -127,10 +116,16 @@ class DangaNames:
         """Danga's DebugMsg: ``>>> message`` on stderr."""
         debug_msg(fmt, *args)
 
-    SetPostLoopCallback: Any = _ClassOrInstance(
-        _set_post_loop_callback_on_class,
-        _set_post_loop_callback_on_object,
+    @_ClassOrInstanceMethod
+    def SetPostLoopCallback(self_or_cls: Any, callback: PostLoopCallback | None) -> None:
         """On the class: the default loop's global post-loop callback
-        (``get_loop().set_post_loop_callback(cb)``). On an object: that object's own
-        post-loop callback (as in Perl).""",
-    )
+        (``get_loop().set_post_loop_callback(callback)``). On an object: that object's
+        own post-loop callback (as in Perl). None removes it.
+
+        Raises:
+            TypeError: *callback* is neither callable nor None.
+        """
+        if isinstance(self_or_cls, type):
+            get_loop().set_post_loop_callback(callback)
+        else:
+            self_or_cls.set_post_loop_callback(callback)

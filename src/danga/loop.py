@@ -1,6 +1,6 @@
 """The event loop: run/stop, one dispatch loop, post-event work, the exception handler.
 
-One iteration, in order (docs/internals.md, "One iteration"):
+One iteration, in order (docs/internals.md#architecture):
 
     run due timers -> compute the wait -> flush pending interest changes
     -> poller.poll(wait) -> dispatch each (fd, mask): read, write, err, hup, skipping
@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from . import backends as _backends
 from ._registry import OtherFds, Registry, as_fd
 from ._waker import Waker
-from .poller import ERR, HUP, READ, WRITE, capabilities, clamp_timeout
+from .poller import ERR, HUP, READ, WRITE, clamp_timeout
 from .timers import Timer, TimerHeap
 
 if TYPE_CHECKING:
@@ -71,15 +71,19 @@ def _check_callable(cb: object, what: str) -> None:
 
 class _Profiled:
     """Stands in for a Socket in the dispatch loop while profiling is on: each event
-    method is timed (user and system CPU) into ``profiling_data()``. The dispatch loop
-    is the same one, so the order, the ``closed`` checks and the exception handling
-    do not change with profiling."""
+    method is timed (user and system CPU) into ``profiling_data()``; everything else is
+    the object's own. The dispatch loop is the same one (profiling only changes how it
+    looks objects up), so the order, the ``closed`` checks and the exception handling
+    do not change with profiling, and cost nothing while it is off."""
 
     __slots__ = ("_obj", "_profile")
 
     def __init__(self, obj: Socket, profile: dict[str, list[float]]) -> None:
         self._obj = obj
         self._profile = profile
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._obj, name)
 
     def _timed(self, stage: int) -> None:
         before = os.times()
@@ -106,6 +110,11 @@ class _Profiled:
         self._timed(3)
 
 
+def _real(obj: Any) -> Any:
+    """The Socket behind a _Profiled stand-in (off the hot path: errors only)."""
+    return obj._obj if obj.__class__ is _Profiled else obj
+
+
 class Loop:
     """An event loop over one backend.
 
@@ -121,7 +130,7 @@ class Loop:
     def __init__(self, backend: str | type[Poller] | None = None) -> None:
         self._spec = backend
         cls = _backends.choose(backend)
-        self._registry = reg = Registry(cls, capabilities(cls).max_fd, self._lose)
+        self._registry = reg = Registry(cls, self._lose)
         #: fd -> Socket, live. Closed objects stay until post-event work reaps them.
         self.descriptor_map: dict[int, Socket] = reg.descriptor_map
         #: fd -> callback(mask) for fds no Socket owns, live (a MutableMapping).
@@ -152,7 +161,7 @@ class Loop:
             reg.close()
             raise
         self._timers = TimerHeap()
-        self._timers._waker = self._waker
+        self._timers.waker = self._waker
         # add_timer is TimerHeap.add itself: one Python call per timer (the class
         # attribute below documents it and serves subclasses that override nothing).
         self.add_timer = self._timers.add  # type: ignore[method-assign]
@@ -241,7 +250,7 @@ class Loop:
                             self._plc or self._post_loop_callback is not None))):
                     # Work is waiting, or post-loop callbacks must see what the timers
                     # did first (Danga 1.62 blocked forever when the last timer went and
-                    # no fd was watched: docs/internals.md, "Long waits").
+                    # no fd was watched: docs/internals.md#last-timer-blocks).
                     timeout: float | None = 0.0
                 else:
                     timeout = self._wait(self._loop_timeout if limit is None else limit)
@@ -274,7 +283,7 @@ class Loop:
 
     def _wait(self, timeout: float | None) -> float | None:
         """The wait for the poll: the earlier of the next timer and *timeout*, clamped to
-        a day (docs/internals.md, "Long waits")."""
+        a day (docs/internals.md#long-waits)."""
         deadline = self._timers.next_deadline()
         if deadline is not None:
             wait = deadline - monotonic()
@@ -288,10 +297,9 @@ class Loop:
         # The hot path: one dict lookup per fd, bit tests on local constants, no
         # allocation (profiling off). Objects registered after this batch's poll began
         # (_gen >= batch) never see its events: their fd number may have been reused.
-        dmap = self.descriptor_map
-        profile = self._profile if self._profiling else None
+        get = self.descriptor_map.get if not self._profiling else self._profiled_get
         for fd, mask in events:
-            obj = dmap.get(fd)
+            obj = get(fd)
             if obj is None:
                 self._unowned(fd, mask, batch)
                 continue
@@ -302,24 +310,29 @@ class Loop:
                 if not mask & ~_ALL:
                     continue  # a watch turned off since the poll began
                 watched = ERR  # bits no Poller may report (POLLNVAL): an error
-            target: Any = obj if profile is None else _Profiled(obj, profile)
             stage = 0
             try:
                 if watched & READ:
-                    target.event_read()
+                    obj.event_read()
                 if watched & WRITE and not obj.closed:
                     stage = 1
-                    target.event_write()
+                    obj.event_write()
                 if watched & (ERR | HUP):
-                    if watched & ERR and not obj.closed and self._registry.check_alive(obj):
+                    if watched & ERR and not obj.closed and self._registry.check_alive(
+                            _real(obj)):
                         stage = 2
-                        target.event_err()
+                        obj.event_err()
                     if watched & HUP and not obj.closed:
                         stage = 3
-                        target.event_hup()
+                        obj.event_hup()
             except Exception as exc:
-                self._callback_failed(exc, obj, getattr(obj, _STAGES[stage], None),
+                real = _real(obj)
+                self._callback_failed(exc, real, getattr(real, _STAGES[stage], None),
                                       _STAGES[stage])
+
+    def _profiled_get(self, fd: int) -> Any:
+        obj = self.descriptor_map.get(fd)
+        return None if obj is None else _Profiled(obj, self._profile)
 
     def _unowned(self, fd: int, mask: int, batch: int) -> None:
         reg = self._registry
@@ -435,7 +448,7 @@ class Loop:
     def _reap(self) -> None:
         """Really close the deferred closes. Each leaves the queue only once its close
         has been tried, so an exception (or KeyboardInterrupt) in one close never leaves
-        the others open and in the descriptor map (docs/internals.md, "Deferred close")."""
+        the others open and in the descriptor map (docs/internals.md#deferred-close-exceptions)."""
         queue = self._to_close
         reg = self._registry
         while queue:
@@ -677,7 +690,7 @@ class Loop:
         """
         cls = _backends.choose(self._spec)
         reg = self._registry
-        reg.reset(cls, capabilities(cls).max_fd)
+        reg.reset(cls)
         self._push_back.clear()
         self._to_close.clear()
         self._plc.clear()
@@ -694,7 +707,7 @@ class Loop:
         waker.calls.clear()
         if self._closed:
             waker = self._waker = Waker()
-            self._timers._waker = waker
+            self._timers.waker = waker
         else:
             waker.renew(None)
         reg.watch_waker(waker.fd)
@@ -720,7 +733,7 @@ class Loop:
                                "after run() returns")
         self._reap()
         self._timers.clear()
-        self._timers._waker = None
+        self._timers.waker = None
         if self._signals is not None:
             self._signals.close()
             self._signals = None

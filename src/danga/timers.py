@@ -9,7 +9,7 @@ the time simply a sorted list.
 - The deadline is ``now + seconds`` for every delay, negative ones included: a timer
   added with -1 fires before one added earlier with 0, as in Danga (it orders by the
   true deadline). ``math.inf`` is a valid delay (never fires; the loop's waits are
-  clamped to a day, docs/internals.md, "Long waits").
+  clamped to a day, docs/internals.md#long-waits).
 - A timer added while timers are running (delay 0 included) fires in the next iteration:
   a run only fires timers whose sequence predates it, so a callback that re-arms itself
   cannot starve I/O.
@@ -34,8 +34,8 @@ slot is never compared.
 Signal and thread safety: a signal handler (or another thread) may add or cancel timers
 at any moment, also while timers run. :meth:`TimerHeap.add` pushes first and then
 wakes the loop if it is between computing its wait and polling (``Waker.polling``), so
-a timer added from another thread is never slept through (docs/internals.md, "Lost
-wakeup"). Every change to the heap is one C call, except
+a timer added from another thread is never slept through
+(docs/internals.md#lost-wakeup). Every change to the heap is one C call, except
 where a run scans or slices the sorted list: a signal handler can run at a call or a
 backward jump in between, so those steps check afterwards that no timer was pushed out
 of order (``_sorted``) and no compaction happened (``_epoch``), and redo the step
@@ -126,7 +126,7 @@ class TimerHeap:
     """The loop's timers. :meth:`add` is ``Loop.add_timer`` (the loop binds it directly:
     one Python call per timer) and ``Timer.cancel`` counts ``_cancelled``."""
 
-    __slots__ = ("_cancelled", "_due", "_epoch", "_heap", "_seq", "_sorted", "_waker")
+    __slots__ = ("_cancelled", "_due", "_epoch", "_heap", "_seq", "_sorted", "waker")
 
     #: Compact when more than half the heap (and at least this many) is cancelled.
     COMPACT_MIN = 64
@@ -143,7 +143,8 @@ class TimerHeap:
         # fires the rest of it first, and an interrupted run leaves it to the next one.
         self._due: deque[Timer] = deque()
         self._epoch = 0  # counts compactions: a run checks none happened mid-slice
-        self._waker: Waker | None = None  # None: the loop is closed
+        #: The loop's Waker (set by the loop); None once the loop is closed.
+        self.waker: Waker | None = None
 
     def add(self, seconds: float, callback: Callable[..., Any], *args: Any) -> Timer:
         """Call ``callback(*args)`` after *seconds* (fractional; the deadline is
@@ -156,7 +157,7 @@ class TimerHeap:
             ValueError: *seconds* is NaN.
             RuntimeError: the loop is closed.
         """
-        waker = self._waker
+        waker = self.waker
         if waker is None:
             raise RuntimeError("add_timer(): this danga.Loop is closed; create a new one "
                                "with danga.Loop() (or call reset() to reopen it)")

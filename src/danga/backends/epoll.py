@@ -5,7 +5,7 @@ Facts about epoll, and what danga does about them:
 - Registrations belong to the *open file description*, not to the fd number. Closing an
   fd removes it only when no dup of it remains; a dup'ed-then-closed fd keeps reporting
   under the old number and cannot be unregistered (EBADF). The core notices such stale
-  entries and rebuilds the poller (docs/internals.md, "dup-then-close"); this module
+  entries and rebuilds the poller (docs/internals.md#dup-then-close); this module
   only reports them.
 - EPOLLERR and EPOLLHUP are always reported, whatever was asked for. danga's event bits
   are the epoll bits, so the kernel's list is handed through untranslated.
@@ -13,7 +13,7 @@ Facts about epoll, and what danga does about them:
 - MOD of an fd the kernel no longer has fails ENOENT: the file it was registered for was
   closed, and the number may name a stranger's file now. That is raised, never turned
   into a registration of whatever the number names today (the core closes the object
-  without closing the number; docs/internals.md, "fd closed behind danga's back").
+  without closing the number; docs/internals.md#fd-closed-behind-dangas-back).
 - DEL of a closed fd fails EBADF (or ENOENT): that is success (the CPython contract).
 - The epoll fd is created with EPOLL_CLOEXEC (CPython does so since 3.4). After fork the
   child shares the parent's epoll set; the core rebuilds the poller in the child.
@@ -41,6 +41,7 @@ class EpollPoller:
     max_fd: ClassVar[int | None] = None
     err_hup: ClassVar[bool] = True
     embeddable: ClassVar[bool] = True
+    binds_open_files: ClassVar[bool] = True
 
     @classmethod
     def probe(cls) -> None:

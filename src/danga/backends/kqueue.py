@@ -11,9 +11,8 @@ Facts about kqueue, and what danga does about them:
 - The kernel removes knotes when the fd is closed, so deleting a filter of a closed fd
   fails with EBADF (FreeBSD) or ENOENT (macOS): both are success here (trio does the same).
 - Adding a filter for a tty or some devices fails with EINVAL on macOS: that is reported
-  as UnsupportedFileType at registration, never as a hang later (docs/internals.md,
-  "kqueue and devices"). Regular files are refused by the core at registration, as on
-  every backend.
+  as UnsupportedFileType, never as a hang later (docs/internals.md#kqueue-einval).
+  Regular files are refused by the core at registration, as on every backend.
 - One modify() may need two changes (READ and WRITE are separate filters). If the
   kernel refuses the second, the first is undone, so a refused change leaves the kernel
   as it was (Poller API v2) and the filters recorded here stay exact.
