@@ -112,27 +112,6 @@ class EchoServer(danga.Listener):
         Echo(conn, loop=self.loop, high_water=self.high_water)
 
 
-def stop_on_signals(loop: danga.Loop,
-                    signums: Sequence[int] = (signal.SIGINT, signal.SIGTERM)
-                    ) -> Callable[[], None]:
-    """Make *signums* stop ``loop.run()`` promptly, even from a blocking poll.
-
-    Returns a function that restores the previous handlers. Must be called from the
-    main thread (``signal.signal`` raises ValueError elsewhere).
-    """
-
-    def on_signal(signum: int, frame: Any) -> None:
-        loop.stop()  # wakes a sleeping poll; kept if run() has not started yet
-
-    old_handlers = {signum: signal.signal(signum, on_signal) for signum in signums}
-
-    def restore() -> None:
-        for signum, handler in old_handlers.items():
-            signal.signal(signum, handler)
-
-    return restore
-
-
 def drain(loop: danga.Loop) -> int:
     """Begin a graceful shutdown of *loop*: close its listeners, and ask every other
     object to finish (its ``finish()`` if it has one, else it is closed now).

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import select
 import selectors
 import shutil
 import signal
@@ -616,6 +617,57 @@ def test_echo_py_sigterm_delivers_the_response_in_flight(tmp_path, installed_bac
                 kill("TERM", server.proc.pid)
             server.expect(r"shutting down: 1 connection\(s\) finishing", timeout=15.0)
             assert recv_all(conn) == blob
+        assert server.wait() == 0
+        assert server.stderr() == ""
+    finally:
+        server.cleanup()
+
+
+# -- examples/lockd.py: SIGTERM while replies are in flight ------------------------------
+
+
+@pytest.mark.parametrize("sender", ["kill", "timeout"])
+def test_lockd_py_sigterm_delivers_the_replies_in_flight(tmp_path, installed_backend, sender):
+    # A client pipelines thousands of commands and reads nothing: lockd stops reading
+    # above its high-water mark with replies queued. On TERM it answers no more commands
+    # but delivers every queued reply whole, closes, and exits 0.
+    argv = [sys.executable, str(EXAMPLES / "lockd.py"), "--backend", installed_backend]
+    if sender == "timeout":
+        if TIMEOUT is None:
+            pytest.skip("the timeout binary is not installed")
+        argv = [TIMEOUT, "--preserve-status", "-s", "TERM", "10", *argv]
+    started = time.monotonic()
+    server = Server(argv, tmp_path)
+    try:
+        port = int(server.expect(r"listening on 127\.0\.0\.1:(\d+)").group(1))
+        conn = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        conn.settimeout(20.0)
+        conn.connect(("127.0.0.1", port))
+        with conn:
+            conn.setblocking(False)
+            sent = 0
+            request = b"noop\r\n" * 1000
+            end = time.monotonic() + 5
+            while time.monotonic() < end:  # until the server pushes back
+                try:
+                    sent += conn.send(request)
+                except BlockingIOError:
+                    break
+            conn.settimeout(20.0)
+            assert sent > 50_000, "the server never stopped reading"
+            # Replies are in flight once the first of them reached this socket.
+            assert select.select([conn], [], [], 10.0)[0], "no reply within 10 s"
+            if sender == "timeout" and time.monotonic() - started > 8.0:
+                pytest.fail("too slow to be in flight before timeout's 10 s (overloaded)")
+            if sender == "kill":
+                kill("TERM", server.proc.pid)
+            # 1 if replies were still queued in lockd, 0 if all were in the kernel's
+            # buffers already: either way each must arrive whole.
+            server.expect(r"shutting down: [01] connection\(s\) finishing", timeout=15.0)
+            got = recv_all(conn)
+        assert got and got == b"OK \r\n" * (len(got) // 5), "a reply was cut or mangled"
+        assert len(got) // 5 <= sent // 6
         assert server.wait() == 0
         assert server.stderr() == ""
     finally:
