@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 import danga
+import danga.process
 from danga.testing import backend_matrix
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -378,6 +379,7 @@ def test_kill_9_to_a_worker_gives_a_replacement_within_1s(servers):
 STALLER = r"""
 import sys, time
 import danga
+import danga.process
 
 class Stall(danga.Socket):
     def __init__(self, sock, *, loop):
@@ -457,6 +459,7 @@ def test_workers_that_hang_in_setup_are_killed_and_count_as_boot_failures(server
 UNIX_ECHO = r"""
 import logging, os, sys
 import danga
+import danga.process
 
 logging.basicConfig(level=logging.INFO)
 

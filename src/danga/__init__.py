@@ -19,6 +19,8 @@ Importing danga is cheap: backends are discovered only when a choice needs them.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .listener import Listener
 from .loop import Loop, get_loop
 from .poller import (
@@ -33,9 +35,11 @@ from .poller import (
     UnknownBackend,
     UnsupportedFileType,
 )
-from .process import prefork
 from .socket import Socket
 from .timers import Timer
+
+if TYPE_CHECKING:
+    from .process import prefork
 
 __version__ = "0.1.0"
 
@@ -58,3 +62,13 @@ __all__ = [
     "get_loop",
     "prefork",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # danga.prefork is imported on first use: most programs never fork workers, and
+    # `import danga` stays light (docs/performance.md measures it against asyncio).
+    if name == "prefork":
+        from .process import prefork
+
+        return prefork
+    raise AttributeError(f"module 'danga' has no attribute {name!r}")
