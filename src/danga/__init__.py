@@ -33,6 +33,7 @@ from .poller import (
     UnknownBackend,
     UnsupportedFileType,
 )
+from .selector import Selector
 from .socket import Socket
 from .timers import Timer
 
@@ -49,6 +50,7 @@ __all__ = [
     "FdOutOfRange",
     "Listener",
     "Loop",
+    "Selector",
     "Socket",
     "Timer",
     "UnknownBackend",
