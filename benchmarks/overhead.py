@@ -42,11 +42,11 @@ noop = dict.get
 class Floor:
     """The least per-object state and code an event_read/read/write API needs."""
 
-    __slots__ = ("_born", "_event_watch", "_io", "closed")
+    __slots__ = ("_event_watch", "_gen", "_io", "closed")
 
     def __init__(self) -> None:
         self.closed = False
-        self._born = -1
+        self._gen = -1
         self._event_watch = READ | ERR | HUP
         self._io = NOOP_IO
 
@@ -92,7 +92,7 @@ def run_floor(n: int, reps: int) -> float:
             obj = get(fd)
             if obj is None:
                 continue
-            if obj.closed or obj._born == batch:
+            if obj.closed or obj._gen >= batch:
                 continue
             mask &= obj._event_watch
             try:
@@ -115,7 +115,15 @@ def run_danga(n: int, reps: int) -> float:
     for obj in objs:
         obj._io, obj._recv, obj._send = NOOP_IO, noop, noop  # the I/O becomes C no-ops
     events = [(obj.fd, READ) for obj in objs]
-    dispatch = loop._dispatch
+    registry = getattr(loop, "_registry", None)
+    if registry is not None:  # the v2 core: dispatch(events, the poll's generation)
+        batch = registry.gen + 1
+        core = loop._dispatch
+
+        def dispatch(events: list[tuple[int, int]]) -> None:
+            core(events, batch)
+    else:  # the core before v2 (for benchmarks/ab.py --before)
+        dispatch = loop._dispatch
     t0 = time.perf_counter()
     for _ in range(reps):
         dispatch(events)

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Count the system calls of examples/echo.py in its steady state, per message.
 
-The hot-path rules (DESIGN.md §4) promise that a steady ping-pong costs, per message,
-one recv and one send, and no interest change at all (no ``epoll_ctl``). This script
-checks it with strace:
+The hot-path rules (docs/internals.md, 'hot-path-rules') promise that a steady
+ping-pong costs, per message, one recv and one send, and no interest change at all (no
+``epoll_ctl``). This script checks it with strace:
 
 1. start ``examples/echo.py --port 0 --backend B`` and a load client in another process
    (``--connections`` connections, each ping-ponging ``--size``-byte messages and

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""A lock server on danga, speaking the line protocol of ddlockd (hachi/ddlockd).
+"""A lock server on danga that answers like ddlockd, Danga's lock daemon.
 
 Run it::
 
@@ -9,46 +9,67 @@ Run it::
 It prints ``listening on HOST:PORT (backend NAME)`` once ready and exits 0 on SIGINT or
 SIGTERM. Try it with ``nc 127.0.0.1 PORT``.
 
-Protocol: one command per line (LF or CRLF); arguments are URL-encoded ``key=value``
-pairs joined by ``&``, as in ddlockd. Every reply is one line, except ``locks``.
+Protocol: one command per line (LF or CRLF); the command is a word (any case), its
+arguments URL-encoded ``key=value`` pairs joined by ``&``. The replies are ddlockd's
+(its ``internal`` lock type, ``server/lib/DDLockd/Client.pm`` and ``Client/Internal.pm``
+of github.com/hachi/ddlockd), byte for byte::
 
-=========================  ===============================================================
-``trylock lock=NAME``      ``OK`` if this connection now holds NAME; ``ERR taken`` if any
-                           connection (this one included) holds it; ``ERR empty_lock``
-``releaselock lock=NAME``  ``OK``; ``ERR didnthave`` if this connection does not hold it
-``noop``                   ``OK`` (keeps an idle connection alive)
-``locks``                  ``LOCKS:``, then ``  NAME = HOLDER`` per lock, then an empty line
-anything else              ``ERR unknown_command``
-=========================  ===============================================================
+    trylock lock=NAME      "OK \r\n" if this connection now holds NAME;
+                           "ERR taken \r\n" if any connection (this one too) holds it;
+                           "ERR empty_lock \r\n" without a name
+    releaselock lock=NAME  "OK \r\n"; "ERR didnthave \r\n" if this connection does not
+                           hold it; "ERR empty_lock \r\n"
+    noop                   "OK \r\n"
+    locks                  "LOCKS:\n", the lines "  NAME = HOLDER" (sorted by name) joined
+                           by "\n", then "\n"; HOLDER is the holder's as_string()
+    anything else          "ERR unknown_command Unknown+server+command\r\n"
+
+(ddlockd's ``ok_line`` writes "OK ", then its URL-encoded reply arguments, of which
+there are none; ``err_line`` writes "ERR CODE ", then the code's URL-encoded text, which
+only ``unknown_command`` has. Names and arguments are bytes: every byte a client sends
+comes back unchanged in ``locks``.)
+
+What differs from ddlockd, and why:
+
+- HOLDER in the ``locks`` listing names the Python class: ``LockClient(R): open to
+  127.0.0.1:52810`` where ddlockd says ``DDLockd::Client::Internal(R): open to ...``
+  (both are the ``as_string()`` of the holding connection, whose first word is the class).
+- ``status`` and ``load`` (ddlockd's statistics: lock successes and failures, uptime, the
+  trylocks of the last five minutes) are not implemented: they get the unknown-command
+  reply.
+- Every complete line of a read is run. ddlockd ran one line per read and left the
+  rest waiting for more input; a client that pipelines commands would wait for ever.
+- An empty line sent as a bare LF gets the unknown-command reply. ddlockd needs at least
+  one byte before the line end: a bare LF stays in its buffer and every later line of
+  that connection is ignored (an empty CRLF line gets the unknown-command reply in both).
+- Two additions a production server needs, in ddlockd's error format:
+  ``ERR idle_timeout \r\n`` then close, after ``--idle-timeout`` seconds of silence;
+  ``ERR line_too_long \r\n`` then close, for a line longer than ``MAX_LINE`` bytes
+  (ddlockd buffers any length).
 
 Rules:
 
 - A lock belongs to a connection. When the connection ends for any reason (the client
   disconnects, an error, the idle timeout, shutdown) its locks are released; the
   ``close`` override does it, so every path that closes the object releases them.
-- Idle timeout (a timer): a connection that sends nothing for ``--idle-timeout``
-  seconds gets ``ERR idle_timeout`` and is closed. The timer is not re-armed on every
-  line (that would churn the timer heap): it fires at the old deadline and, if the
-  client was active since, re-arms for the time that is left.
+- Idle timeout (a timer): the timer is not re-armed on every line (that would churn the
+  timer heap): it fires at the old deadline and, if the client was active since,
+  re-arms for the time that is left.
 - Back-pressure: a client that pipelines commands without reading the replies stops
   being read once ``write_buf_size`` passes the high-water mark, until its replies have
   drained (a callable queued behind them resumes it). Lines already received wait.
-- A line longer than ``MAX_LINE`` bytes gets ``ERR line_too_long`` and the connection is
-  closed, so a client cannot make the server buffer without limit.
-
-Unlike ddlockd, every complete line of a read is processed (ddlockd handled one line per
-read and left pipelined commands waiting for more input).
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import unquote_to_bytes
 
 # The signal wake-up and the shutdown are the echo example's (examples/ is on sys.path
 # when this file runs as a script).
@@ -63,6 +84,26 @@ HIGH_WATER = 64 * 1024
 #: Seconds of silence after which a client is disconnected.
 IDLE_TIMEOUT = 60.0
 
+# A command line, as ddlockd's /^(\w+)\s*(.*)/ (Perl's \w and \s on bytes: ASCII).
+_COMMAND = re.compile(rb"(\w+)\s*(.*)", re.ASCII | re.DOTALL)
+# The text ddlockd's err_line appends to a code, URL-encoded as its eurl() does; the
+# other codes have none.
+_ERR_TEXT = {b"unknown_command": b"Unknown+server+command"}
+
+
+def decode_url_args(text: bytes) -> dict[bytes, bytes]:
+    """ddlockd's decode_url_args: ``&``-separated ``name=value`` pairs, ``+`` and ``%XX``
+    decoded, a name given twice keeps both values joined by a NUL byte."""
+    args: dict[bytes, bytes] = {}
+    for pair in text.split(b"&") if text else []:
+        fields = pair.split(b"=")
+        name = unquote_to_bytes(fields[0].replace(b"+", b" "))
+        value = unquote_to_bytes(fields[1].replace(b"+", b" ")) if len(fields) > 1 else b""
+        previous = args.get(name, b"")
+        # Perl: $ret->{$name} .= $ret->{$name} ? "\0$value" : $value ("0" is false)
+        args[name] = previous + (b"\0" + value if previous not in (b"", b"0") else value)
+    return args
+
 
 class LockServer(danga.Listener):
     """The listening socket and the shared lock table (lock name -> holding client)."""
@@ -74,7 +115,7 @@ class LockServer(danga.Listener):
         super().__init__(sock, loop=loop)
         self.idle_timeout = idle_timeout
         self.high_water = high_water
-        self.holders: dict[str, LockClient] = {}
+        self.holders: dict[bytes, LockClient] = {}
 
     def on_accept(self, conn: socket.socket, addr: Any) -> None:
         LockClient(conn, self)
@@ -88,7 +129,7 @@ class LockClient(danga.Socket):
     def __init__(self, sock: socket.socket, server: LockServer) -> None:
         super().__init__(sock, loop=server.loop)
         self.server = server
-        self.locks: set[str] = set()
+        self.locks: set[bytes] = set()
         self.buf = bytearray()
         self.paused = False
         self.pauses = 0
@@ -117,74 +158,80 @@ class LockClient(danga.Socket):
             end = buf.find(b"\n")
             if end < 0:
                 if len(buf) > MAX_LINE:
-                    self.fail("line_too_long")
+                    self.fail(b"line_too_long")
                 return
-            line = bytes(buf[:end]).rstrip(b"\r")
+            line = bytes(buf[:end])
             del buf[:end + 1]
             if end > MAX_LINE:
-                self.fail("line_too_long")
+                self.fail(b"line_too_long")
                 return
-            self.run_command(line.decode("utf-8", "replace"))
+            self.run_command(line[:-1] if line.endswith(b"\r") else line)
             if self.write_buf_size > self.server.high_water and not self.closed:
                 self.pause()
 
-    def run_command(self, line: str) -> None:
-        cmd, _, rest = line.strip().partition(" ")
-        handler = self.COMMANDS.get(cmd.lower())
-        if handler is None:
-            self.reply("ERR unknown_command")
+    def run_command(self, line: bytes) -> None:
+        # ddlockd: /^(\w+)\s*(.*)/, the command lower-cased, the rest URL arguments.
+        match = _COMMAND.match(line)
+        handler = self.COMMANDS.get(match[1].lower()) if match else None
+        if match is None or handler is None:
+            self.err_line(b"unknown_command")
             return
-        args = dict(parse_qsl(rest.strip(), keep_blank_values=True))
-        handler(self, args)
+        handler(self, decode_url_args(match[2]))
 
     # -- commands ----------------------------------------------------------------------
 
-    def cmd_trylock(self, args: dict[str, str]) -> None:
-        name = args.get("lock", "")
+    def cmd_trylock(self, args: dict[bytes, bytes]) -> None:
+        name = args.get(b"lock", b"")
         if not name:
-            self.reply("ERR empty_lock")
+            self.err_line(b"empty_lock")
         elif name in self.server.holders:
-            self.reply("ERR taken")
+            self.err_line(b"taken")
         else:
             self.server.holders[name] = self
             self.locks.add(name)
-            self.reply("OK")
+            self.ok_line()
 
-    def cmd_releaselock(self, args: dict[str, str]) -> None:
-        name = args.get("lock", "")
+    def cmd_releaselock(self, args: dict[bytes, bytes]) -> None:
+        name = args.get(b"lock", b"")
         if not name:
-            self.reply("ERR empty_lock")
+            self.err_line(b"empty_lock")
         elif name not in self.locks:
-            self.reply("ERR didnthave")
+            self.err_line(b"didnthave")
         else:
             self.release(name)
-            self.reply("OK")
+            self.ok_line()
 
-    def cmd_noop(self, args: dict[str, str]) -> None:
-        self.reply("OK")
+    def cmd_noop(self, args: dict[bytes, bytes]) -> None:
+        self.ok_line()
 
-    def cmd_locks(self, args: dict[str, str]) -> None:
+    def cmd_locks(self, args: dict[bytes, bytes]) -> None:
         holders = self.server.holders
-        lines = [f"  {name} = {holders[name].peer_addr_string()}" for name in sorted(holders)]
-        self.reply("\r\n".join(["LOCKS:", *lines, ""]))
+        lines = [b"  %s = %s" % (name, holders[name].as_string().encode())
+                 for name in sorted(holders)]
+        self.write(b"LOCKS:\n" + b"\n".join(lines) + b"\n")
 
-    COMMANDS: dict[str, Callable[[LockClient, dict[str, str]], None]] = {
-        "trylock": cmd_trylock,
-        "releaselock": cmd_releaselock,
-        "noop": cmd_noop,
-        "locks": cmd_locks,
+    COMMANDS: dict[bytes, Callable[[LockClient, dict[bytes, bytes]], None]] = {
+        b"trylock": cmd_trylock,
+        b"releaselock": cmd_releaselock,
+        b"noop": cmd_noop,
+        b"locks": cmd_locks,
     }
 
     # -- output, back-pressure, timers -------------------------------------------------
 
-    def reply(self, line: str) -> None:
-        self.write(line.encode() + b"\r\n")
+    def ok_line(self) -> None:
+        """ddlockd's success: "OK ", its reply arguments (none here), CRLF."""
+        self.write(b"OK \r\n")
 
-    def fail(self, code: str) -> None:
+    def err_line(self, code: bytes) -> None:
+        """ddlockd's failure: "ERR CODE ", the code's URL-encoded text (often none), CRLF."""
+        self.write(b"ERR %s %s\r\n" % (code, _ERR_TEXT.get(code, b"")))
+
+    def fail(self, code: bytes) -> None:
         """Send ``ERR code`` and close (the reply goes out first: the queue was empty
         or it is dropped with the connection, which is what a misbehaving client gets)."""
-        self.reply(f"ERR {code}")
-        self.close(code)
+        self.err_line(code)
+        self.close(code.decode())
 
     def pause(self) -> None:
         if self.paused:
@@ -208,11 +255,11 @@ class LockClient(danga.Socket):
         if left > 0:
             self.idle_timer = self.loop.add_timer(left, self.check_idle)
         else:
-            self.fail("idle_timeout")
+            self.fail(b"idle_timeout")
 
     # -- closing -----------------------------------------------------------------------
 
-    def release(self, name: str) -> None:
+    def release(self, name: bytes) -> None:
         self.locks.discard(name)
         if self.server.holders.get(name) is self:
             del self.server.holders[name]

@@ -24,6 +24,7 @@ class EmulatedKqueuePoller(KqueuePoller):
 
     name = "kqueue-emulated"
     _kq = kqueue_emulation
+    embeddable = False  # the emulation runs over select.poll: no kqueue fd to watch
 
 
 if hasattr(select, "poll"):  # the emulation runs over select.poll (not on Windows)

@@ -1,5 +1,5 @@
 """Danga::Socket's class-method names on danga.Socket act on the default loop, so Perl
-code ports line by line (issue 3, on every backend).
+code ports line by line (on every backend).
 
 The ``default_loop`` fixture points ``danga.get_loop()`` at a fresh Loop of this test's
 backend and closes it afterwards, so no test touches the process's real default loop.

@@ -190,3 +190,174 @@ def test_every_nav_page_exists_and_every_page_is_in_the_nav() -> None:
     assert not missing, f"mkdocs.yml names pages that do not exist: {missing}"
     on_disk = {p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md")}
     assert on_disk <= set(pages), f"pages missing from the nav: {sorted(on_disk - set(pages))}"
+
+
+# -- numbers quoted from the shipped conformance suite ---------------------------------
+
+#: Prints "GROUP<TAB>NODEID" for every collected test; loaded with -p in a subprocess.
+_GROUP_PRINTER = '''
+def pytest_collection_finish(session):
+    for item in session.items:
+        mark = item.get_closest_marker("danga_group")
+        print("danga-group", mark.args[0] if mark else "other", item.nodeid, sep="\\t")
+'''
+
+
+def _suite_groups(tmp_path: Path) -> dict[str, int]:
+    """How many tests of the shipped suite (danga.testing.suite) each group has, for one
+    backend: collected as `danga check` runs them, in a pytest subprocess."""
+    from danga import backends
+    from danga.testing import SUITE
+
+    (tmp_path / "danga_group_printer.py").write_text(_GROUP_PRINTER, encoding="utf-8")
+    (tmp_path / "pytest.ini").write_text("[pytest]\n", encoding="utf-8")
+    env = dict(os.environ, PYTEST_DISABLE_PLUGIN_AUTOLOAD="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(tmp_path),
+                                                        os.environ.get("PYTHONPATH")])))
+    env.pop(backends.ENV_VAR, None)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-c", str(tmp_path / "pytest.ini"), "--rootdir",
+         str(tmp_path), "-p", "danga.testing", "-p", "danga_group_printer", "-p",
+         "no:cacheprovider", "--danga-backend", backends.available()[0], "--collect-only",
+         "-q", str(SUITE)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=TIMEOUT, check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    groups: dict[str, int] = {}
+    for line in result.stdout.splitlines():
+        if line.startswith("danga-group\t"):
+            name = line.split("\t")[1]
+            groups[name] = groups.get(name, 0) + 1
+    return groups
+
+
+def test_plugins_page_quotes_the_suites_real_counts(tmp_path: Path) -> None:
+    # docs/plugins.md shows what `danga check` prints for a backend that passes; the
+    # table must be exactly what format_summary prints for the suite as it is today, so
+    # adding or removing a conformance test without updating the page fails here.
+    from danga.testing.check import GROUPS, format_summary
+
+    groups = _suite_groups(tmp_path)
+    assert set(groups) == set(GROUPS), (sorted(groups), GROUPS)  # every test in a group
+    expected = format_summary({name: {"passed": n} for name, n in groups.items()})
+    page = (DOCS / "plugins.md").read_text(encoding="utf-8")
+    assert expected in page, (
+        "docs/plugins.md's `danga check` table is stale; the suite now gives:\n" + expected
+    )
+
+
+# -- citations: only documents in the repository, and only anchors that exist ------------
+
+INTERNALS = DOCS / "internals.md"
+#: Where citations are checked.
+CITING = ("README.md", "docs", "examples", "tests", "benchmarks", "src")
+#: A citation of docs/internals.md: "docs/internals.md#ANCHOR" or
+#: "docs/internals.md, 'ANCHOR'".
+_INTERNALS_CITATION = re.compile(r"internals\.md(?:#|, ')([a-z0-9-]+)")
+#: Citations a reader cannot follow: the design notes and reference material that live
+#: outside the repository, and issue numbers.
+_UNFINDABLE = re.compile(
+    r"pitfalls C\d|reference §|§ ?\d|DESIGN\.md|\bissues? #?\d", re.IGNORECASE)
+_ANCHOR = re.compile(r"\{#([a-z0-9-]+)\}")
+_HEADING = re.compile(r"^#{1,6} +(.+?) *$", re.MULTILINE)
+
+
+def _text_files() -> list[Path]:
+    files: list[Path] = []
+    for name in CITING:
+        path = ROOT / name
+        found = [path] if path.is_file() else sorted(path.rglob("*"))
+        files += [f for f in found if f.suffix in (".md", ".py", ".c", ".toml", ".txt")
+                  and "__pycache__" not in f.parts]
+    return files
+
+
+def internals_anchors() -> set[str]:
+    """The anchors of docs/internals.md: explicit {#id} ones and the headings' slugs."""
+    text = INTERNALS.read_text(encoding="utf-8")
+    anchors = set(_ANCHOR.findall(text))
+    for heading in _HEADING.findall(text):
+        if "{#" not in heading:
+            anchors.add(re.sub(r"[^a-z0-9]+", "-", heading.lower()).strip("-"))
+    return anchors
+
+
+def test_citations_point_to_documents_in_the_repository() -> None:
+    unfindable = []
+    for path in _text_files():
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if _UNFINDABLE.search(line) and path != Path(__file__):
+                unfindable.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert not unfindable, (
+        "cite docs/internals.md (or another file in the repository) instead:\n"
+        + "\n".join(unfindable))
+
+
+def test_internals_citations_name_existing_anchors() -> None:
+    anchors = internals_anchors()
+    assert {"architecture", "hot-path-rules", "dup-then-close"} <= anchors, anchors
+    broken = []
+    for path in [*_text_files(), *sorted((ROOT / "src").rglob("*.py"))]:
+        for name in _INTERNALS_CITATION.findall(path.read_text(encoding="utf-8")):
+            if name not in anchors:
+                broken.append(f"{path.relative_to(ROOT)}: {name}")
+    assert not broken, f"citations of docs/internals.md anchors that do not exist: {broken}"
+
+
+# -- tests the documentation names must exist --------------------------------------------
+
+#: "`test_file.py::test_name`" or "`dir/test_file.py::Class::test_name[id]`"; a
+#: "`::test_name`" that follows names another test of the same file.
+_TEST_REF = re.compile(r"([\w/]+\.py)?::((?:[A-Z]\w*::)?test_\w+)")
+
+
+def _cited_tests(page: Path) -> list[tuple[str, str]]:
+    cited = []
+    for line in page.read_text(encoding="utf-8").splitlines():
+        current = None
+        for match in _TEST_REF.finditer(line):
+            current = match[1] or current
+            if current is not None:
+                cited.append((current, match[2]))
+    return cited
+
+
+def _test_file(name: str) -> Path | None:
+    """The test file a page names: "suite.py" is the shipped suite; other names are
+    under tests/ (with or without the "tests/" prefix, or found by their file name)."""
+    if name == "suite.py":
+        return ROOT / "src" / "danga" / "testing" / "suite.py"
+    path = ROOT / "tests" / name.removeprefix("tests/")
+    if path.is_file():
+        return path
+    found = sorted((ROOT / "tests").rglob(Path(name).name))
+    return found[0] if len(found) == 1 else None
+
+
+@pytest.mark.parametrize("page", ["internals.md", "porting.md", "reliability.md"])
+def test_tests_named_by_the_docs_exist(page: str) -> None:
+    cited = _cited_tests(DOCS / page)
+    assert cited or page == "reliability.md", f"{page} names no test: is the regex broken?"
+    missing = []
+    for file, test in cited:
+        path = _test_file(file)
+        name = test.rsplit("::", 1)[-1]
+        if path is None or not re.search(
+                rf"^\s*def {name}\(", path.read_text(encoding="utf-8"), re.MULTILINE):
+            missing.append(f"{file}::{test}")
+    assert not missing, f"docs/{page} names tests that do not exist: {missing}"
+
+
+def test_api_page_documents_every_public_socket_attribute() -> None:
+    # Socket's public instance attributes (Danga's fields: sock, fd, closed, ...) carry no
+    # docstrings, so mkdocstrings would leave them out: docs/api.md lists them in a table.
+    import danga
+
+    slots = {name for cls in danga.Socket.__mro__
+             for name in getattr(cls, "__slots__", ()) if not name.startswith("_")}
+    assert {"sock", "fd", "closed", "close_reason", "write_buf_size"} <= slots, slots
+    page = (DOCS / "api.md").read_text(encoding="utf-8")
+    table = page.split("### Socket attributes", 1)[1].split("\n#", 1)[0]
+    rows = set(re.findall(r"^\| `(\w+)` \|", table, re.MULTILINE))
+    assert rows == slots, f"docs/api.md's Socket attributes table: missing " \
+        f"{sorted(slots - rows)}, not attributes {sorted(rows - slots)}"

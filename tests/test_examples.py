@@ -90,9 +90,6 @@ class Peer:
                 self.eof = True
             self.inbox += chunk
 
-    def lines(self) -> list[str]:
-        return self.inbox.decode().split("\r\n")[:-1]
-
     def close(self) -> None:
         self.sock.close()
 
@@ -261,26 +258,35 @@ def lock_server(loop: danga.Loop):
                             idle_timeout=60.0)
 
 
-def _ask(loop, peer: Peer, line: str, replies: int = 1) -> list[str]:
-    """Send *line*; return the next *replies* reply lines."""
-    have = len(peer.lines())
-    peer.send(line.encode() + b"\r\n")
-    _pump_until(loop, [peer], lambda: len(peer.lines()) >= have + replies or peer.eof)
-    return peer.lines()[have:have + replies]
+# ddlockd's replies, byte for byte (server/lib/DDLockd/Client.pm: ok_line writes "OK "
+# and its URL arguments, none here; err_line writes "ERR CODE " and the code's text).
+OK = b"OK \r\n"
+TAKEN = b"ERR taken \r\n"
+DIDNTHAVE = b"ERR didnthave \r\n"
+EMPTY_LOCK = b"ERR empty_lock \r\n"
+UNKNOWN = b"ERR unknown_command Unknown+server+command\r\n"
+
+
+def _ask(loop, peer: Peer, line: bytes, newlines: int = 1) -> bytes:
+    """Send *line* and CRLF; return every byte received up to the *newlines*-th LF."""
+    have = len(peer.inbox)
+    peer.send(line + b"\r\n")
+    _pump_until(loop, [peer], lambda: peer.inbox.count(b"\n", have) >= newlines or peer.eof)
+    return bytes(peer.inbox[have:])
 
 
 def test_lockd_a_held_lock_cannot_be_taken(loop, lock_server):
     addr = lock_server.sock.getsockname()
     a, b = Peer(addr), Peer(addr)
-    assert _ask(loop, a, "trylock lock=foo") == ["OK"]
-    assert _ask(loop, b, "trylock lock=foo") == ["ERR taken"]
-    assert _ask(loop, a, "trylock lock=foo") == ["ERR taken"]  # not re-entrant, as ddlockd
-    assert _ask(loop, b, "releaselock lock=foo") == ["ERR didnthave"]
-    assert _ask(loop, b, "trylock lock=bar") == ["OK"]
-    assert _ask(loop, a, "releaselock lock=foo") == ["OK"]
-    assert _ask(loop, b, "trylock lock=foo") == ["OK"]
-    assert _ask(loop, a, "trylock lock=foo") == ["ERR taken"]
-    assert set(lock_server.holders) == {"foo", "bar"}
+    assert _ask(loop, a, b"trylock lock=foo") == OK
+    assert _ask(loop, b, b"trylock lock=foo") == TAKEN
+    assert _ask(loop, a, b"trylock lock=foo") == TAKEN  # not re-entrant, as ddlockd
+    assert _ask(loop, b, b"releaselock lock=foo") == DIDNTHAVE
+    assert _ask(loop, b, b"trylock lock=bar") == OK
+    assert _ask(loop, a, b"releaselock lock=foo") == OK
+    assert _ask(loop, b, b"trylock lock=foo") == OK
+    assert _ask(loop, a, b"trylock lock=foo") == TAKEN
+    assert set(lock_server.holders) == {b"foo", b"bar"}
     a.close()
     b.close()
 
@@ -288,32 +294,52 @@ def test_lockd_a_held_lock_cannot_be_taken(loop, lock_server):
 def test_lockd_locks_are_released_when_the_holder_disconnects(loop, lock_server):
     addr = lock_server.sock.getsockname()
     a, b = Peer(addr), Peer(addr)
-    assert _ask(loop, a, "trylock lock=one") == ["OK"]
-    assert _ask(loop, a, "trylock lock=two") == ["OK"]
-    assert _ask(loop, b, "trylock lock=one") == ["ERR taken"]
+    assert _ask(loop, a, b"trylock lock=one") == OK
+    assert _ask(loop, a, b"trylock lock=two") == OK
+    assert _ask(loop, b, b"trylock lock=one") == TAKEN
     a.close()
     run_until(loop, lambda: not lock_server.holders)
-    assert _ask(loop, b, "trylock lock=one") == ["OK"]
-    assert _ask(loop, b, "trylock lock=two") == ["OK"]
+    assert _ask(loop, b, b"trylock lock=one") == OK
+    assert _ask(loop, b, b"trylock lock=two") == OK
     b.close()
 
 
 def test_lockd_other_commands(loop, lock_server):
     addr = lock_server.sock.getsockname()
     a = Peer(addr)
-    assert _ask(loop, a, "noop") == ["OK"]
-    assert _ask(loop, a, "NOOP") == ["OK"]
-    assert _ask(loop, a, "frobnicate lock=x") == ["ERR unknown_command"]
-    assert _ask(loop, a, "") == ["ERR unknown_command"]
-    assert _ask(loop, a, "trylock") == ["ERR empty_lock"]
-    assert _ask(loop, a, "releaselock lock=") == ["ERR empty_lock"]
-    assert _ask(loop, a, "trylock lock=a%20b&x=1") == ["OK"]  # URL-encoded, as ddlockd
-    assert "a b" in lock_server.holders
-    assert _ask(loop, a, "trylock lock=zed") == ["OK"]
-    here = f"127.0.0.1:{a.sock.getsockname()[1]}"
-    assert _ask(loop, a, "locks", replies=4) == ["LOCKS:", f"  a b = {here}",
-                                                 f"  zed = {here}", ""]
+    assert _ask(loop, a, b"noop") == OK
+    assert _ask(loop, a, b"NOOP") == OK  # ddlockd lower-cases the command
+    assert _ask(loop, a, b"noop\tignored") == OK  # /^(\w+)\s*(.*)/: any blank separates
+    assert _ask(loop, a, b"frobnicate lock=x") == UNKNOWN
+    assert _ask(loop, a, b"status") == UNKNOWN  # ddlockd's statistics: not implemented
+    assert _ask(loop, a, b"") == UNKNOWN
+    assert _ask(loop, a, b" noop") == UNKNOWN  # a command starts the line, as in ddlockd
+    assert _ask(loop, a, b"trylock") == EMPTY_LOCK
+    assert _ask(loop, a, b"releaselock lock=") == EMPTY_LOCK
+    assert _ask(loop, a, b"trylock lock=a%20b+c&x=1") == OK  # URL-encoded, as ddlockd
+    assert _ask(loop, a, b"trylock lock=%ff%00") == OK  # names are bytes
+    assert {b"a b c", b"\xff\x00"} <= set(lock_server.holders)
+    assert _ask(loop, a, b"trylock lock=zed") == OK
+    holder = f"LockClient(R): open to 127.0.0.1:{a.sock.getsockname()[1]}".encode()
+    # ddlockd: "LOCKS:\n", then join("\n", "  NAME = " . as_string), then "\n".
+    assert _ask(loop, a, b"locks", newlines=4) == (
+        b"LOCKS:\n  a b c = " + holder + b"\n  zed = " + holder + b"\n  \xff\x00 = "
+        + holder + b"\n")
     a.close()
+    b = Peer(addr)
+    run_until(loop, lambda: not lock_server.holders)
+    assert _ask(loop, b, b"locks", newlines=2) == b"LOCKS:\n\n"  # none held
+    b.close()
+
+
+def test_lockd_decodes_arguments_as_ddlockd():
+    args = lockd.decode_url_args
+    assert args(b"") == {}
+    assert args(b"lock=a+b%2Fc&x") == {b"lock": b"a b/c", b"x": b""}
+    assert args(b"lock=a=b") == {b"lock": b"a"}  # split(/=/) keeps the first two fields
+    assert args(b"lock=a&lock=b") == {b"lock": b"a\0b"}
+    assert args(b"lock=0&lock=b") == {b"lock": b"0b"}  # Perl: "0" is false
+    assert args(b"lock=%zz%4") == {b"lock": b"%zz%4"}  # not %XX: kept as it is
 
 
 def test_lockd_pipelined_and_split_lines(loop, lock_server):
@@ -321,15 +347,15 @@ def test_lockd_pipelined_and_split_lines(loop, lock_server):
     a = Peer(addr)
     # Several commands in one segment, LF and CRLF mixed: each gets its reply, in order.
     a.send(b"trylock lock=p\nnoop\r\ntrylock lock=p\r\nreleaselock lock=p\n")
-    _pump_until(loop, [a], lambda: len(a.lines()) >= 4)
-    assert a.lines() == ["OK", "OK", "ERR taken", "OK"]
+    _pump_until(loop, [a], lambda: a.inbox.count(b"\n") >= 4)
+    assert bytes(a.inbox) == OK + OK + TAKEN + OK
     # One command dribbled a byte at a time.
     for byte in b"trylock lock=q\r\n":
         a.send(bytes([byte]))
         a.pump()
         loop.run_once(0)
-    _pump_until(loop, [a], lambda: len(a.lines()) >= 5)
-    assert a.lines()[4] == "OK"
+    _pump_until(loop, [a], lambda: a.inbox.count(b"\n") >= 5)
+    assert bytes(a.inbox) == OK + OK + TAKEN + OK + OK
     a.close()
 
 
@@ -337,7 +363,7 @@ def test_lockd_line_too_long_closes(loop, lock_server):
     a = Peer(lock_server.sock.getsockname())
     a.send(b"trylock lock=" + b"x" * (lockd.MAX_LINE + 10))
     _pump_until(loop, [a], lambda: a.eof)
-    assert a.lines() == ["ERR line_too_long"]
+    assert bytes(a.inbox) == b"ERR line_too_long \r\n"
     assert not _objects(loop, lockd.LockClient)
 
 
@@ -346,19 +372,19 @@ def test_lockd_idle_client_is_closed_and_its_locks_released(loop):
                               idle_timeout=0.3)
     addr = server.sock.getsockname()
     a = Peer(addr)
-    assert _ask(loop, a, "trylock lock=idle") == ["OK"]
+    assert _ask(loop, a, b"trylock lock=idle") == OK
     _pump_until(loop, [a], lambda: a.eof)  # a says nothing more
-    assert a.lines() == ["OK", "ERR idle_timeout"]
+    assert bytes(a.inbox) == OK + b"ERR idle_timeout \r\n"
     assert server.holders == {}
     b = Peer(addr)
-    assert _ask(loop, b, "trylock lock=idle") == ["OK"]
+    assert _ask(loop, b, b"trylock lock=idle") == OK
     b.close()
     a.close()
 
 
 def test_lockd_idle_timer_rearms_after_activity(loop, lock_server):
     a = Peer(lock_server.sock.getsockname())
-    assert _ask(loop, a, "noop") == ["OK"]
+    assert _ask(loop, a, b"noop") == OK
     (client,) = _objects(loop, lockd.LockClient)
     first = client.idle_timer
     assert first is not None
@@ -374,7 +400,7 @@ def test_lockd_idle_timer_rearms_after_activity(loop, lock_server):
     client.check_idle()
     assert client.closed and client.close_reason == "idle_timeout"
     _pump_until(loop, [a], lambda: a.eof)
-    assert a.lines() == ["OK", "ERR idle_timeout"]
+    assert bytes(a.inbox) == OK + b"ERR idle_timeout \r\n"
     assert loop.timers() == 0  # closing cancelled the timer (and the re-armed one fired)
     a.close()
 
@@ -406,8 +432,8 @@ def test_lockd_back_pressure_on_a_client_that_does_not_read(loop):
     a.out.clear()
     sent_lines = a.sent // len(b"noop\r\n")
     # Read all the replies: the client resumes and answers every complete line.
-    _pump_until(loop, [a], lambda: len(a.lines()) >= sent_lines and not client.paused)
-    assert a.lines() == ["OK"] * sent_lines
+    _pump_until(loop, [a], lambda: a.inbox.count(b"\n") >= sent_lines and not client.paused)
+    assert bytes(a.inbox) == OK * sent_lines
     assert client.pauses >= 1
     a.close()
 
@@ -513,17 +539,17 @@ def test_lockd_script(installed_backend):
     try:
         with script.connect() as a, script.connect() as b:
             a.sendall(b"trylock lock=job\r\n")
-            assert _recv_line(a) == b"OK\r\n"
+            assert _recv_line(a) == OK
             b.sendall(b"trylock lock=job\r\n")
-            assert _recv_line(b) == b"ERR taken\r\n"
+            assert _recv_line(b) == TAKEN
         with script.connect() as c:  # a hung up: its lock is free again
             for _ in range(100):
                 c.sendall(b"trylock lock=job\r\n")
                 reply = _recv_line(c)
-                if reply == b"OK\r\n":
+                if reply == OK:
                     break
-                assert reply == b"ERR taken\r\n"  # a's close not processed yet
-            assert reply == b"OK\r\n"
+                assert reply == TAKEN  # a's close not processed yet
+            assert reply == OK
     finally:
         code = script.stop(signal.SIGTERM)
     assert code == 0

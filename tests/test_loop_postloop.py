@@ -1,5 +1,5 @@
 """Post-event work: push-back re-reads -> deferred closes -> per-object callbacks -> the
-global callback; callback arguments; the false-return short-circuit (issue 3, every
+global callback; callback arguments; the false-return short-circuit (every
 backend)."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """reset(): forget everything and build a fresh poller chosen the same way; large
-batches (issue 3, on every backend)."""
+batches (on every backend)."""
 
 from __future__ import annotations
 
@@ -111,7 +111,8 @@ def test_reset_chooses_again_through_danga_backend(monkeypatch, name):
         loop.close()
 
 
-@pytest.mark.danga_xfail(["select"], reason="select cannot watch fds >= FD_SETSIZE (1024)")
+@pytest.mark.danga_requires(max_fd=2300, reason="the backend declares a max_fd "
+                            "below the fds this needs")
 def test_one_poll_reports_more_than_1000_ready_fds(loop):
     """Danga capped epoll batches at 1000 events; every backend returns them all."""
     n = 1100

@@ -1,4 +1,4 @@
-"""Danga::Socket 1.62's own test suite, ported (reference §5), on every backend.
+"""Danga::Socket 1.62's own test suite, ported, on every backend.
 
 - t/05-postloop.t: loop timeout + post-loop callback; shuffled timers; per-object
   post-loop callbacks and their short-circuit. Delays are scaled down to 0.1 s steps.

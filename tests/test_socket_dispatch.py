@@ -1,5 +1,5 @@
 """Dispatch: read -> write -> err -> hup per fd, each skipped once the object is closed;
-events of fds with no object; profiling (issue 3, on every backend).
+events of fds with no object; profiling (on every backend).
 
 select cannot produce ERR or HUP, so the four-bit cases inject the event into the
 backend's result (the loop's dispatch is what is under test); the rest are real events.

@@ -1,4 +1,4 @@
-"""tcp_cork, addresses and as_string, debugging output (issue 3, on every backend)."""
+"""tcp_cork, addresses and as_string, debugging output (on every backend)."""
 
 from __future__ import annotations
 

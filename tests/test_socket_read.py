@@ -1,4 +1,4 @@
-"""read(n) and push_back_read() (issue 3, on every backend)."""
+"""read(n) and push_back_read() (on every backend)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Registration: the descriptor map, ERR|HUP-only interest, batched watch changes,
-duplicate fds, and wrapping pipes and other fileno() objects (issue 3, on every backend)."""
+duplicate fds, and wrapping pipes and other fileno() objects (on every backend)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,10 @@ def test_constructing_registers_with_err_hup_only(loop):
     assert loop.descriptor_map[obj.fd] is obj
     assert obj.fd == a.fileno() and obj.sock is a and obj.loop is loop
     assert obj.closed is False and obj.write_buf_size == 0
-    # One registration with the kernel, asking for ERR|HUP only.
+    # Registration is batched like any interest change: nothing until the loop polls,
+    # then one registration with the kernel, asking for ERR|HUP only.
+    assert spy.modifies == []
+    loop.run_once(0)
     assert spy.modifies == [(a.fileno(), 0, ERR | HUP)]
     assert watch_flags(obj) == ""
     # Readable data does not reach a fresh object: it watches neither read nor write.
@@ -49,6 +52,7 @@ def test_socket_sets_non_blocking_itself(loop):
 def test_watch_changes_cost_no_syscall_when_nothing_changes(loop):
     a, b = nb_pair()
     obj = Recorder(a, loop=loop)
+    loop.run_once(0)  # the registration itself
     spy = Spy(loop)
     # Unchanged watches: nothing to flush.
     obj.watch_read(False)

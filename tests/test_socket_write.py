@@ -1,5 +1,5 @@
 """write(): data kinds, callables, kick-start, return values, write_buf_size, the
-automatic write watch and its ownership rule, EAGAIN, errors, hooks (issue 3, every
+automatic write watch and its ownership rule, EAGAIN, errors, hooks (every
 backend)."""
 
 from __future__ import annotations

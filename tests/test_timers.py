@@ -1,4 +1,4 @@
-"""Timers and the poll timeout (issue 3, on every backend).
+"""Timers and the poll timeout (on every backend).
 
 The computed wait is observed through a wrapper of ``loop.backend.poll`` that records
 the timeout it is given and polls with 0, so no test waits for long timers.
@@ -225,7 +225,7 @@ def _refuse_blocking_forever(loop):
 
 def test_post_loop_callback_sees_the_last_timer(loop):
     """Danga 1.62 (no fds, LoopTimeout -1) blocked forever after its last timer, before
-    the post-loop callback could see it fired (reference §4.2)."""
+    the post-loop callback could see it fired (docs/internals.md, 'last-timer-blocks')."""
     fired = []
     loop.add_timer(0.01, fired.append, 1)
     _refuse_blocking_forever(loop)

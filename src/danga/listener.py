@@ -93,7 +93,9 @@ class Listener(Socket):
                 self.on_accept(conn, addr)
             except Exception as exc:
                 # One bad connection must not close the listener: report it without an
-                # object (so the default handler closes nothing) and drop the connection.
+                # object (so the default handler closes nothing) and drop the connection,
+                # so its peer sees it closed instead of waiting for ever.
+                self._drop(conn)
                 self.loop._callback_failed(exc, None, self.on_accept, "Listener.on_accept")
 
     def on_accept(self, conn: _socket.socket, addr: Any) -> None:
@@ -108,6 +110,16 @@ class Listener(Socket):
         logger.warning("%s accepted %r but has no factory and does not override on_accept;"
                        " closing it", type(self).__name__, addr)
         conn.close()
+
+    def _drop(self, conn: _socket.socket) -> None:
+        # Through the Socket that on_accept may have made of it before raising, so that
+        # the object is closed too; else the bare connection.
+        fd = conn.fileno()
+        owner = self.loop.descriptor_map.get(fd) if fd >= 0 else None
+        if owner is not None and owner.sock is conn:
+            owner.close("on_accept failed")
+        else:
+            conn.close()
 
     def _pause(self, exc: OSError) -> None:
         # Once per episode: an exhaustion that lasts minutes must not log every back-off.

@@ -1,43 +1,44 @@
-"""The event loop: descriptor map, interest changes, dispatch, post-event work, run().
+"""The event loop: run/stop, one dispatch loop, post-event work, the exception handler.
 
-One iteration, in order (DESIGN.md §1):
+One iteration, in order (docs/internals.md#architecture):
 
-    run due timers -> flush pending interest changes -> poller.poll(timeout)
-    -> dispatch each (fd, mask): read, write, err, hup, skipping closed objects
-    -> post-event work: re-fire pushed-back reads, really close deferred closes,
-       per-object then global post-loop callbacks -> next iteration (or stop)
+    run due timers -> compute the wait -> flush pending interest changes
+    -> poller.poll(wait) -> dispatch each (fd, mask): read, write, err, hup, skipping
+       closed objects and objects newer than the poll
+    -> post-event work: re-fire pushed-back reads, really close deferred closes, run the
+       calls from other threads and signal handlers, per-object then global post-loop
+       callbacks -> next iteration (or stop)
 
-The loop owns every piece of state; the poller is a thin translation to the kernel.
-Recovery lives here so that every backend gets it:
-
-- an fd that nothing owns has its registration removed (danga never closes it); if the
-  kernel keeps reporting it (epoll's dup-then-close trap), the poller is rebuilt;
-- an fd closed behind danga's back (ERR with EBADF) closes its object instead of spinning;
-- objects created during a batch never receive that batch's events (fd reuse);
-- a loop used in a forked child rebuilds its poller before its first poll there.
+The fd state and every call to the backend live in :mod:`danga._registry`; the
+self-pipe and the queue of calls from other threads in :mod:`danga._waker`; timers in
+:mod:`danga.timers`; signal handlers in :mod:`danga._signals`. This module orders them.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import sys
+import threading
 import weakref
+from collections import deque
 from collections.abc import Callable, Mapping
-from heapq import heappush
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 from . import backends as _backends
-from .poller import ERR, HUP, READ, WRITE, fd_is_open
-from .timers import Timer, TimerHeap, check_delay
+from ._registry import OtherFds, Registry, as_fd
+from ._waker import Waker
+from .poller import ERR, HUP, READ, WRITE, capabilities, clamp_timeout
+from .timers import Timer, TimerHeap
 
 if TYPE_CHECKING:
+    from ._signals import SignalHandlers
     from .poller import Poller
     from .socket import Socket
 
-__all__ = ["Loop", "get_loop"]
+__all__ = ["Loop", "OtherFds", "get_loop"]
 
 logger = logging.getLogger("danga")
 
@@ -46,13 +47,17 @@ ExceptionHandler = Callable[["Loop", dict[str, Any]], Any]
 OtherFdCallback = Callable[[int], Any]
 
 _STAGES = ("event_read", "event_write", "event_err", "event_hup")
+_SHORT = ("read", "write", "err", "hup")
+_ALL = READ | WRITE | ERR | HUP
 _live_loops: weakref.WeakSet[Loop] = weakref.WeakSet()
-_graveyard: list[Any] = []  # pollers inherited through fork that must not be closed
 
 
 def _after_fork_in_child() -> None:
     for loop in list(_live_loops):
-        loop._forked = True
+        try:
+            loop._forked_child()
+        except Exception:  # a failing loop must not break the child's other loops
+            logger.exception("danga: preparing %r after fork failed", loop)
 
 
 if hasattr(os, "register_at_fork"):
@@ -64,65 +69,50 @@ def _check_callable(cb: object, what: str) -> None:
         raise TypeError(f"{what} must be callable, not {type(cb).__name__}")
 
 
-class OtherFds(dict[int, OtherFdCallback]):
-    """The live map fd -> callback(mask) for fds that no Socket owns.
+class _Profiled:
+    """Stands in for a Socket in the dispatch loop while profiling is on: each event
+    method is timed (user and system CPU) into ``profiling_data()``; everything else is
+    the object's own. The dispatch loop is the same one (profiling only changes how it
+    looks objects up), so the order, the ``closed`` checks and the exception handling
+    do not change with profiling, and cost nothing while it is off."""
 
-    Changes take effect at once, whether made through :meth:`Loop.add_other_fds`,
-    :meth:`Loop.set_other_fds` or directly on this dict: the fd is registered for READ
-    when added and unregistered when removed. danga never closes these fds.
-    """
+    __slots__ = ("_obj", "_profile")
 
-    __slots__ = ("_loop",)
+    def __init__(self, obj: Socket, profile: dict[str, list[float]]) -> None:
+        self._obj = obj
+        self._profile = profile
 
-    def __init__(self, loop: Loop) -> None:
-        super().__init__()
-        self._loop = loop
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._obj, name)
 
-    def __setitem__(self, fd: int, callback: OtherFdCallback) -> None:
-        fd = _as_fd(fd)
-        _check_callable(callback, f"the other_fds callback for fd {fd}")
-        self._loop._watch_other(fd, True)
-        super().__setitem__(fd, callback)
+    def _timed(self, stage: int) -> None:
+        before = os.times()
+        try:
+            getattr(self._obj, _STAGES[stage])()
+        finally:
+            after = os.times()
+            key = f"{type(self._obj).__name__}-{_SHORT[stage]}"
+            row = self._profile.setdefault(key, [0.0, 0.0, 0])
+            row[0] += after.user - before.user
+            row[1] += after.system - before.system
+            row[2] += 1
 
-    def __delitem__(self, fd: int) -> None:
-        super().__delitem__(fd)
-        self._loop._watch_other(fd, False)
+    def event_read(self) -> None:
+        self._timed(0)
 
-    def pop(self, fd: int, *default: Any) -> Any:
-        had = fd in self
-        value = super().pop(fd, *default)
-        if had:
-            self._loop._watch_other(fd, False)
-        return value
+    def event_write(self) -> None:
+        self._timed(1)
 
-    def popitem(self) -> tuple[int, OtherFdCallback]:
-        fd, cb = super().popitem()
-        self._loop._watch_other(fd, False)
-        return fd, cb
+    def event_err(self) -> None:
+        self._timed(2)
 
-    def setdefault(self, fd: int, default: Any = None) -> Any:
-        if fd not in self:
-            self[fd] = default
-        return self[fd]
-
-    def update(self, *args: Any, **kwargs: Any) -> None:
-        for fd, cb in dict(*args, **kwargs).items():
-            self[fd] = cb
-
-    def clear(self) -> None:
-        for fd in list(self):
-            del self[fd]
+    def event_hup(self) -> None:
+        self._timed(3)
 
 
-def _as_fd(fd: object) -> int:
-    if isinstance(fd, bool) or not isinstance(fd, int):
-        fileno = getattr(fd, "fileno", None)
-        if fileno is None:
-            raise TypeError(f"an fd must be an int or have fileno(), not {type(fd).__name__}")
-        fd = fileno()
-    if not isinstance(fd, int) or fd < 0:
-        raise ValueError(f"invalid fd {fd!r}: it must be a non-negative int (is it closed?)")
-    return fd
+def _real(obj: Any) -> Any:
+    """The Socket behind a _Profiled stand-in (off the hot path: errors only)."""
+    return obj._obj if obj.__class__ is _Profiled else obj
 
 
 class Loop:
@@ -134,48 +124,65 @@ class Loop:
     Raises:
         UnknownBackend: a named backend does not exist.
         BackendUnavailable: the chosen backend cannot be used here.
+        OSError: the poller or the wakeup channel cannot be created (out of fds).
     """
 
     def __init__(self, backend: str | type[Poller] | None = None) -> None:
         self._spec = backend
-        self._poller_cls: type[Poller] = _backends.choose(backend)
-        #: The Poller instance (``loop.backend.name`` says which).
-        self.backend: Poller = self._poller_cls()
+        cls = _backends.choose(backend)
+        self._registry = reg = Registry(cls, capabilities(cls).max_fd, self._lose)
         #: fd -> Socket, live. Closed objects stay until post-event work reaps them.
-        self.descriptor_map: dict[int, Socket] = {}
-        #: fd -> callback(mask) for fds no Socket owns, live.
-        self.other_fds: OtherFds = OtherFds(self)
-        self._kernel: dict[int, int] = {}  # what the poller has, per fd
-        self._dirty: dict[int, Socket] = {}  # objects whose wanted mask may differ
+        self.descriptor_map: dict[int, Socket] = reg.descriptor_map
+        #: fd -> callback(mask) for fds no Socket owns, live (a MutableMapping).
+        self.other_fds: OtherFds = reg.other_fds
         self._push_back: dict[int, Socket] = {}
-        self._to_close: list[tuple[Socket, Any]] = []
+        self._to_close: deque[tuple[Socket, Any]] = deque()
         self._plc: dict[Socket, PostLoopCallback] = {}
         self._post_loop_callback: PostLoopCallback | None = None
-        self._timers = TimerHeap()
         self._loop_timeout: float | None = None  # seconds; None blocks (Danga's -1)
-        self._profiling = False
         self._profile: dict[str, list[float]] = {}
+        self._profiling = False
         self._exception_handler: ExceptionHandler | None = None
-        self._running = False
+        self._running = False  # run() in progress
+        self._depth = 0  # iterations in progress (run_once may nest)
         self._stopping = False
         self._closed = False
-        self._forked = False
-        self._batch = 0  # incremented after every poll; Socket._born compares with it
-        self._strays: dict[int, int] = {}  # unowned fd -> batch it was last removed in
-        self._in_poll = False  # a signal handler or thread changing timers must wake us
+        self._executor: Executor | None = None
+        self._own_executor = False
+        self._signals: SignalHandlers | None = None
         # The self-pipe exists from the start: poll and select cannot see an fd that is
         # registered by a signal handler while they wait (CPython retries EINTR with the
         # fd array it built before).
-        self._waker: _Waker | None = None
-        self._make_waker()
+        self._waker = Waker()
+        try:
+            reg.watch_waker(self._waker.fd)
+        except BaseException:
+            self._waker.close()
+            reg.close()
+            raise
+        self._timers = TimerHeap()
+        self._timers._waker = self._waker
+        # add_timer is TimerHeap.add itself: one Python call per timer (the class
+        # attribute below documents it and serves subclasses that override nothing).
+        self.add_timer = self._timers.add  # type: ignore[method-assign]
         _live_loops.add(self)
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else "running" if self._running else "idle"
+        state = "closed" if self._closed else "running" if self._depth else "idle"
         return (
             f"<danga.Loop backend={self.backend.name} {state} "
             f"sockets={len(self.descriptor_map)} timers={len(self._timers)}>"
         )
+
+    @property
+    def backend(self) -> Poller:
+        """The Poller instance (``loop.backend.name`` says which)."""
+        return self._registry.backend
+
+    @backend.setter
+    def backend(self, poller: Poller) -> None:
+        # For tests and tools that wrap the poller (a spy); the registrations stay.
+        self._registry.backend = poller
 
     # -- running -------------------------------------------------------------------------
 
@@ -203,20 +210,21 @@ class Loop:
         handler or another thread: a sleeping poll is woken). Called before :meth:`run`,
         it makes the next run() do one iteration without waiting and return."""
         self._stopping = True
-        if self._in_poll:
-            self.wakeup()
+        waker = self._waker
+        if waker.polling:
+            waker.wake()
 
     def wakeup(self) -> None:
-        """Make a sleeping poll return now. Safe from signal handlers and other threads;
-        calls coalesce (one byte at most waits in the loop's self-pipe)."""
-        waker = self._waker
-        if waker is not None:
-            waker.wake()
+        """Make a sleeping poll return now (or the next one at once). Safe from signal
+        handlers and other threads; calls coalesce (one byte at most is outstanding)."""
+        if not self._closed:
+            self._waker.wake()
 
     def run_once(self, timeout: float | None = None) -> bool:
         """Run one iteration, waiting at most *timeout* seconds (None: as :meth:`run` would).
 
-        Returns the post-loop callbacks' verdict (False: a callback asked to stop).
+        It may be called from a callback (a nested iteration). Returns the post-loop
+        callbacks' verdict (False: a callback asked to stop).
 
         Raises:
             RuntimeError: the loop is closed.
@@ -225,160 +233,168 @@ class Loop:
         return self._run_once(timeout)
 
     def _run_once(self, limit: float | None = None) -> bool:
-        if self._forked:
-            self._after_fork()
-        timeout = self._loop_timeout if limit is None else limit
-        timers = self._timers
-        if timers._heap or timers._due:
-            timeout = self._timers_then_wait(timeout)
-        if self._dirty:
-            self._flush()
-        if self._stopping or self._closed:
-            timeout = 0.0
-        self._in_poll = True
+        reg = self._registry
+        if reg.forked:
+            reg.rebuild(f"used in a forked child (pid {os.getpid()})")
+        waker = self._waker
+        self._depth += 1  # close() is refused while an iteration is in progress
         try:
-            events = self.backend.poll(timeout)
+            timers = self._timers
+            fired = (timers._heap or timers._due) and self._run_timers()
+            # From here to the poll's return, a change made by a thread or a signal
+            # handler writes a wake byte (see _waker): set *before* the wait is computed.
+            waker.polling = True
+            try:
+                if (waker.calls or self._stopping or self._closed or self._push_back
+                        or self._to_close or (fired and (
+                            self._plc or self._post_loop_callback is not None))):
+                    # Work is waiting, or post-loop callbacks must see what the timers
+                    # did first (Danga 1.62 blocked forever when the last timer went and
+                    # no fd was watched: docs/internals.md#last-timer-blocks).
+                    timeout: float | None = 0.0
+                else:
+                    timeout = self._wait(self._loop_timeout if limit is None else limit)
+                if reg.dirty:
+                    reg.flush()
+                if reg.removed and self._depth == 1:
+                    reg.removed.clear()  # only a nested iteration needs the older ones
+                reg.gen = batch = reg.gen + 1
+                events = reg.backend.poll(timeout)
+            finally:
+                waker.polling = False
+            if events:
+                self._dispatch(events, batch)
+            if (self._push_back or self._to_close or waker.calls or self._plc
+                    or self._post_loop_callback is not None):
+                return self._post_event()
+            return True
         finally:
-            self._in_poll = False
-        self._batch += 1
-        if events:
-            if self._profiling:
-                self._dispatch_profiled(events)
-            else:
-                self._dispatch(events)
-        if (self._push_back or self._to_close or self._plc
-                or self._post_loop_callback is not None):
-            return self._post_event()
-        return True
+            self._depth -= 1
 
-    def _timers_then_wait(self, timeout: float | None) -> float | None:
-        """Run the due timers; return the wait: the earlier of the next timer and *timeout*."""
-        timers = self._timers
-        deadline = timers.next_deadline()
-        if deadline is None:
-            return timeout
-        now = monotonic()
-        if deadline <= now:
-            timers.run_due(now, self._timer_failed)
-            if (self._plc or self._post_loop_callback is not None or self._push_back
-                    or self._to_close):
-                # Don't sleep before post-event work has seen what the timers did: with
-                # the last timer gone and no fds, Danga 1.62 blocked forever here (§4.2).
-                return 0.0
-            deadline = timers.next_deadline()
-            if deadline is None:
-                return timeout
+    def _run_timers(self) -> bool:
+        """Fire the due timers; True if any was due."""
+        deadline = self._timers.next_deadline()
+        if deadline is not None:
             now = monotonic()
-        wait = deadline - now if deadline > now else 0.0
-        return wait if timeout is None or wait < timeout else timeout
+            if deadline <= now:
+                self._timers.run_due(now, self._timer_failed)
+                return True
+        return False
 
-    def _dispatch(self, events: list[tuple[int, int]]) -> None:
-        # The hot path: one dict lookup per fd, bit tests on local constants, no allocation.
-        dmap = self.descriptor_map
-        batch = self._batch
+    def _wait(self, timeout: float | None) -> float | None:
+        """The wait for the poll: the earlier of the next timer and *timeout*, clamped to
+        a day (docs/internals.md#long-waits)."""
+        deadline = self._timers.next_deadline()
+        if deadline is not None:
+            wait = deadline - monotonic()
+            if timeout is None or wait < timeout:
+                timeout = wait
+        if timeout is None:
+            return None
+        return clamp_timeout(timeout)
+
+    def _dispatch(self, events: list[tuple[int, int]], batch: int) -> None:
+        # The hot path: one dict lookup per fd, bit tests on local constants, no
+        # allocation (profiling off). Objects registered after this batch's poll began
+        # (_gen >= batch) never see its events: their fd number may have been reused.
+        get = self.descriptor_map.get if not self._profiling else self._profiled_get
         for fd, mask in events:
-            obj = dmap.get(fd)
+            obj = get(fd)
             if obj is None:
-                self._unowned(fd, mask)
+                self._unowned(fd, mask, batch)
                 continue
-            if obj.closed or obj._born == batch:
-                continue  # closed earlier in this batch, or new on a reused fd number
-            mask &= obj._event_watch
+            if obj.closed or obj._gen >= batch:
+                continue
+            watched = mask & obj._event_watch
+            if not watched:
+                if not mask & ~_ALL:
+                    continue  # a watch turned off since the poll began
+                watched = ERR  # bits no Poller may report (POLLNVAL): an error
             stage = 0
             try:
-                if mask & READ:
+                if watched & READ:
                     obj.event_read()
-                if mask & WRITE and not obj.closed:
+                if watched & WRITE and not obj.closed:
                     stage = 1
                     obj.event_write()
-                if mask & (ERR | HUP):
-                    if mask & ERR and not obj.closed and self._fd_alive(obj):
+                if watched & (ERR | HUP):
+                    if watched & ERR and not obj.closed and self._registry.check_alive(
+                            _real(obj)):
                         stage = 2
                         obj.event_err()
-                    if mask & HUP and not obj.closed:
+                    if watched & HUP and not obj.closed:
                         stage = 3
                         obj.event_hup()
             except Exception as exc:
-                self._callback_failed(exc, obj, getattr(obj, _STAGES[stage], None),
+                real = _real(obj)
+                self._callback_failed(exc, real, getattr(real, _STAGES[stage], None),
                                       _STAGES[stage])
 
-    def _dispatch_profiled(self, events: list[tuple[int, int]]) -> None:
-        dmap = self.descriptor_map
-        profile = self._profile
-        for fd, mask in events:
-            obj = dmap.get(fd)
-            if obj is None:
-                self._unowned(fd, mask)
-                continue
-            if obj.closed or obj._born == self._batch:
-                continue
-            mask &= obj._event_watch
-            cls = type(obj).__name__
-            for bit, stage, short in ((READ, 0, "read"), (WRITE, 1, "write"),
-                                      (ERR, 2, "err"), (HUP, 3, "hup")):
-                if not mask & bit or obj.closed or (bit == ERR and not self._fd_alive(obj)):
-                    continue
-                before = os.times()
-                try:
-                    getattr(obj, _STAGES[stage])()
-                except Exception as exc:
-                    self._callback_failed(exc, obj, getattr(obj, _STAGES[stage], None),
-                                          _STAGES[stage])
-                after = os.times()
-                row = profile.setdefault(f"{cls}-{short}", [0.0, 0.0, 0])
-                row[0] += after.user - before.user
-                row[1] += after.system - before.system
-                row[2] += 1
+    def _profiled_get(self, fd: int) -> Any:
+        obj = self.descriptor_map.get(fd)
+        return None if obj is None else _Profiled(obj, self._profile)
 
-    def _unowned(self, fd: int, mask: int) -> None:
-        if self._waker is not None and fd == self._waker.fd:
-            self._waker.drain()
+    def _unowned(self, fd: int, mask: int, batch: int) -> None:
+        reg = self._registry
+        if fd == reg.waker_fd:
+            self._drain_waker()
             return
-        callback = self.other_fds.get(fd)
-        if callback is not None:
-            try:
-                callback(mask)
-            except Exception as exc:
-                self._callback_failed(exc, None, callback, f"the other_fds callback of fd {fd}")
+        rec = reg.unowned(fd, batch)
+        if rec is None:
             return
-        logger.debug("fd %d reported %#x but nothing owns it; removing its registration",
-                     fd, mask)
-        last = self._strays.get(fd)
-        self._strays[fd] = self._batch
-        if last is not None and last >= self._batch - 1:
-            # Removed last time and reported again: a registration that cannot be removed
-            # (epoll after dup-then-close, pitfalls C3). Only a fresh poller forgets it.
-            self._strays.clear()
-            self._rebuild_poller(f"fd {fd} kept reporting events after it was removed")
+        if mask & ERR and not reg.check_alive(rec):
             return
-        if len(self._strays) > 4096:
-            self._strays = {fd: self._batch}
-        have = self._kernel.pop(fd, 0)
-        self.backend.modify(fd, have or (mask & (READ | WRITE)) or mask, 0)
+        try:
+            rec.callback(mask)
+        except Exception as exc:
+            context = self._context(exc, None, rec.callback,
+                                    f"the other_fds callback of fd {fd}")
+            context["fd"] = fd
+            self._handle(context)
 
-    def _fd_alive(self, obj: Socket) -> bool:
-        """On ERR: is the fd still open? One closed behind danga's back (poll's POLLNVAL,
-        select's EBADF) would report ERR forever, so its object is closed here, without
-        closing the fd number again. Errors are rare: the check is off the hot path."""
-        if fd_is_open(obj.fd):
-            return True
-        logger.warning("%s: its fd %d was closed behind danga's back; closing it",
-                       obj.as_string(), obj.fd)
-        obj._lost_fd()
-        return False
+    def _drain_waker(self) -> None:
+        waker = self._waker
+        if waker.drain():
+            return
+        reg = self._registry
+        reg.unwatch_waker()
+        waker.renew("was closed behind danga's back (EOF or EBADF)")
+        reg.watch_waker(waker.fd)
+        if self._signals is not None:
+            self._signals.rebind()
+
+    def _lose(self, obj: Any, why: str) -> None:
+        # The registry's verdict on an object: its fd is gone ("fd closed behind danga's
+        # back") or its watch was refused. Never closes the fd number if it is gone.
+        if obj.closed:
+            return
+        if why.startswith("fd closed"):
+            logger.warning("%s: %s; closing it", obj.as_string(), why)
+            obj._lost_fd()
+        else:
+            obj.close(why)
 
     def _timer_failed(self, exc: Exception, callback: Any) -> None:
         self._callback_failed(exc, None, callback, "a timer callback")
+
+    # -- post-event work -----------------------------------------------------------------
 
     def _post_event(self) -> bool:
         if self._push_back:
             self._refire_push_back()
         if self._to_close:
             self._reap()
+        waker = self._waker
+        if waker.calls:
+            waker.run_calls(self._call_failed)
         keep = True
         dmap, other = self.descriptor_map, self.other_fds
-        if self._plc:
-            for obj, callback in list(self._plc.items()):
+        plc = self._plc
+        if plc:
+            for obj, callback in list(plc.items()):
+                # Closed (or its callback changed) by an earlier callback of this pass.
+                if obj.closed or plc.get(obj) is not callback:
+                    continue
                 try:
                     ok = callback(dmap, other)
                 except Exception as exc:
@@ -393,6 +409,12 @@ class Loop:
             except Exception as exc:
                 self._callback_failed(exc, None, global_cb, "the post-loop callback")
         return keep
+
+    def _signal_failed(self, exc: Exception, callback: Any) -> None:
+        self._callback_failed(exc, None, callback, "a signal handler callback")
+
+    def _call_failed(self, exc: Exception, callback: Any) -> None:
+        self._callback_failed(exc, None, callback, "a call_soon_threadsafe callback")
 
     def _refire_push_back(self) -> None:
         """Re-fire event_read for objects with pushed-back data while they watch read.
@@ -424,17 +446,21 @@ class Loop:
                 return
 
     def _reap(self) -> None:
-        dmap = self.descriptor_map
-        while self._to_close:
-            batch, self._to_close = self._to_close, []
-            for obj, raw in batch:
-                if dmap.get(obj.fd) is obj:
-                    del dmap[obj.fd]
-                if raw is not None:
-                    try:
-                        raw.close()
-                    except OSError as exc:
-                        logger.debug("closing %r failed: %s", raw, exc)
+        """Really close the deferred closes. Each leaves the queue only once its close
+        has been tried, so an exception (or KeyboardInterrupt) in one close never leaves
+        the others open and in the descriptor map (docs/internals.md#deferred-close-exceptions)."""
+        queue = self._to_close
+        reg = self._registry
+        while queue:
+            obj, raw = queue[0]
+            reg.forget(obj)
+            if raw is not None:
+                try:
+                    raw.close()
+                except Exception as exc:
+                    logger.error("danga: closing %r (of %s) failed: %s", raw,
+                                 type(obj).__name__, exc)
+            queue.popleft()
 
     # -- exceptions ----------------------------------------------------------------------
 
@@ -442,93 +468,78 @@ class Loop:
         """Call ``handler(loop, context)`` for exceptions raised by callbacks.
 
         ``context`` has ``"message"``, ``"exception"``, ``"object"`` (the Socket whose
-        callback raised, or None) and ``"callback"``. The handler replaces the default
-        completely; an exception it raises stops :meth:`run`. None restores the default.
+        callback raised, or None) and ``"callback"``; for an ``other_fds`` callback also
+        ``"fd"``. The handler replaces the default completely; an exception it raises
+        stops :meth:`run`. None restores the default.
 
         Raises:
             TypeError: *handler* is neither callable nor None.
+            RuntimeError: the loop is closed.
         """
         self._check_open()
         if handler is not None:
-            _check_callable(handler, "the exception handler")
+            _check_callable(handler, "set_exception_handler(): the handler")
         self._exception_handler = handler
 
     def default_exception_handler(self, context: dict[str, Any]) -> None:
-        """Log the traceback on the ``danga`` logger and close ``context["object"]``."""
+        """Log the traceback on the ``danga`` logger and close ``context["object"]``.
+
+        For an ``other_fds`` callback (``context["fd"]``) it removes that fd's
+        registration instead (danga never closes it), so a callback that raises every
+        time is reported once, not once per iteration.
+        """
         obj = context.get("object")
         where = f" ({obj.as_string()})" if obj is not None else ""
+        fd = context.get("fd")
+        if fd is not None and self.other_fds.get(fd) is context.get("callback"):
+            logger.error("%s; fd %d is no longer watched (danga does not close it)",
+                         context["message"], fd, exc_info=context.get("exception"))
+            del self.other_fds[fd]
+            return
         logger.error("%s%s", context["message"], where, exc_info=context.get("exception"))
         if obj is not None and not obj.closed:
             obj.close("exception")
 
-    def _callback_failed(self, exc: Exception, obj: Socket | None, callback: Any,
-                         what: str) -> None:
-        context = {
+    def _context(self, exc: Exception, obj: Socket | None, callback: Any,
+                 what: str) -> dict[str, Any]:
+        return {
             "message": f"exception in {what}",
             "exception": exc,
             "object": obj,
             "callback": callback,
         }
+
+    def _handle(self, context: dict[str, Any]) -> None:
         handler = self._exception_handler
         if handler is None:
             self.default_exception_handler(context)
         else:
             handler(self, context)
 
+    def _callback_failed(self, exc: Exception, obj: Socket | None, callback: Any,
+                         what: str) -> None:
+        """Report an exception of a callback (used by Socket and Listener too)."""
+        self._handle(self._context(exc, obj, callback, what))
+
     # -- registration (used by Socket) ---------------------------------------------------
 
-    def _register(self, obj: Socket) -> None:
-        self._check_open()
-        if self._forked:  # never touch the parent's epoll set from a child
-            self._after_fork()
-        fd = obj.fd
-        mask = obj._event_watch
-        self.backend.modify(fd, self._kernel.get(fd, 0), mask)
-        self._kernel[fd] = mask
-        self.descriptor_map[fd] = obj
+    def _register(self, obj: Socket, call: str) -> None:
+        """Validate *obj*'s fd and put it in the map; the kernel learns of it at the next
+        flush, with its first interest (one system call).
 
-    def _flush(self) -> None:
-        dirty, self._dirty = self._dirty, {}
-        kernel, dmap = self._kernel, self.descriptor_map
-        modify = self.backend.modify
-        for fd, obj in dirty.items():
-            if obj.closed or dmap.get(fd) is not obj:
-                continue  # closed, or forgotten by reset()
-            want = obj._event_watch
-            have = kernel.get(fd, 0)
-            if want != have:
-                try:
-                    modify(fd, have, want)
-                except OSError as exc:
-                    kernel.pop(fd, None)
-                    if not fd_is_open(fd):  # epoll/kqueue forget a closed fd silently
-                        self._fd_alive(obj)
-                        continue
-                    logger.error("%s: cannot change its watch: %s", obj.as_string(), exc)
-                    obj.close(f"watch failed: {exc}")
-                    continue
-                kernel[fd] = want
+        Raises:
+            RuntimeError: the loop is closed.
+            OSError (EBADF), UnsupportedFileType, FdOutOfRange: the fd cannot be watched.
+        """
+        self._check_open()
+        reg = self._registry
+        reg.add(obj, reg.validate(obj.fd, call))
 
     def _detach(self, obj: Socket, raw: Any, steal: bool) -> None:
         """Unregister *obj* now; queue the real close (or, when stolen, forget it now)."""
-        fd = obj.fd
-        dmap = self.descriptor_map
-        if self._forked and not self._closed:  # never touch the parent's epoll set
-            self._after_fork()
-        if dmap.get(fd) is obj:
-            have = self._kernel.pop(fd, 0)
-            if have and not self._closed:
-                try:
-                    self.backend.modify(fd, have, 0)
-                except (OSError, RuntimeError) as exc:
-                    logger.debug("unregistering fd %d failed: %s", fd, exc)
-            if fd in self.other_fds:  # an other-fd callback for the same number resumes
-                self._watch_other(fd, True)
-            if self._push_back.get(fd) is obj:
-                del self._push_back[fd]
-            self._dirty.pop(fd, None)
-            if steal:
-                del dmap[fd]
+        self._registry.detach(obj, forget=steal)
+        if self._push_back.get(obj.fd) is obj:
+            del self._push_back[obj.fd]
         self._plc.pop(obj, None)
         if steal:
             return
@@ -536,100 +547,150 @@ class Loop:
         if self._closed:  # no post-event work will come: close it now
             self._reap()
 
-    def _watch_other(self, fd: int, on: bool) -> None:
-        self._check_open()
-        if self._forked:  # never touch the parent's epoll set from a child
-            self._after_fork()
-        owner = self.descriptor_map.get(fd)
-        if owner is not None and not owner.closed:
-            return  # the Socket's interest wins; Danga dispatches to the Socket too
-        want = READ if on else 0
-        have = self._kernel.get(fd, 0)
-        if want != have:
-            self.backend.modify(fd, have, want)
-            if want:
-                self._kernel[fd] = want
-            else:
-                self._kernel.pop(fd, None)
-
-    def _make_waker(self) -> None:
-        # Kept out of _kernel and the maps: it is the loop's own, invisible to users.
-        self._waker = _Waker()
-        self.backend.modify(self._waker.fd, 0, READ)
-
-    def _renew_waker(self) -> None:
-        # For a fresh poller: the old one (discarded, or the parent's) must not be asked
-        # to unregister it.
-        waker, self._waker = self._waker, None
-        if waker is not None:
-            waker.close()
-        self._make_waker()
-
-    def _drop_waker(self) -> None:
-        waker, self._waker = self._waker, None
-        if waker is not None:
-            if not self._closed:
-                try:
-                    self.backend.modify(waker.fd, READ, 0)
-                except (OSError, RuntimeError):
-                    pass
-            waker.close()
-
     def _set_plc(self, obj: Socket, callback: PostLoopCallback | None) -> None:
         if callback is None:
             self._plc.pop(obj, None)
         else:
-            _check_callable(callback, "a post-loop callback")
+            _check_callable(callback, "set_post_loop_callback(): the callback")
             self._plc[obj] = callback
 
-    # -- poller life ---------------------------------------------------------------------
+    # -- threads -------------------------------------------------------------------------
 
-    def _discard_poller(self, old: Poller) -> None:
-        if self._forked:
-            # The child must not close what may not be its fd (kqueue is not inherited).
-            after_fork = getattr(old, "after_fork", None)
-            if after_fork is not None:
-                after_fork()
-            else:
-                _graveyard.append(old)
-        else:
-            old.close()
+    def call_soon_threadsafe(self, callback: Callable[..., Any], *args: Any) -> None:
+        """Call ``callback(*args)`` on the loop thread, in the post-event phase of the
+        next iteration (before post-loop callbacks), FIFO. Safe from any thread and from
+        a Python signal handler; wakes a sleeping loop (coalesced: at most one byte
+        outstanding, none written from the loop's own thread).
 
-    def _rebuild_poller(self, why: str) -> None:
-        old, self.backend = self.backend, self._poller_cls()
-        self._discard_poller(old)
-        self._renew_waker()  # after fork the self-pipe is shared with the parent
-        self._forked = False
-        logger.info("danga: rebuilt the %s poller: %s", self.backend.name, why)
-        for fd, mask in list(self._kernel.items()):
-            try:
-                self.backend.modify(fd, 0, mask)
-            except OSError as exc:
-                del self._kernel[fd]
-                obj = self.descriptor_map.get(fd)
-                if obj is not None and not obj.closed:
-                    obj.close(f"cannot be re-registered: {exc}")
+        A pass runs the calls queued before it began; a call queued by one of them runs
+        in the next iteration (a callback that re-queues itself cannot starve I/O).
 
-    def _after_fork(self) -> None:
-        # Documented choice (docs/reliability.md): a loop used in a forked child without
-        # reset() gets a fresh poller with every registration re-armed, so the child never
-        # changes the parent's epoll set.
-        self._rebuild_poller(f"used in a forked child (pid {os.getpid()})")
+        Raises:
+            TypeError: *callback* is not callable.
+            RuntimeError: the loop is closed.
+        """
+        if self._closed:
+            raise RuntimeError("call_soon_threadsafe() on a closed danga.Loop")
+        if not callable(callback):
+            raise TypeError(f"call_soon_threadsafe() takes a callable, "
+                            f"not {type(callback).__name__}")
+        self._waker.call_soon(callback, args)
+
+    def run_in_thread(self, func: Callable[..., Any], *args: Any,
+                      callback: Callable[[Future[Any]], Any] | None = None) -> Future[Any]:
+        """Run ``func(*args)`` on the loop's executor (a ``ThreadPoolExecutor`` made on
+        first use, or the one given to :meth:`set_default_executor`) and return its
+        ``concurrent.futures.Future``. ``callback(future)``, if given, runs on the loop
+        thread when it is done; an exception of *func* reaches it through the future,
+        never the loop.
+
+        Raises:
+            TypeError: *func* or *callback* is not callable.
+            RuntimeError: the loop is closed.
+        """
+        self._check_open()
+        _check_callable(func, "run_in_thread(): func")
+        if callback is not None:
+            _check_callable(callback, "run_in_thread(): callback")
+        executor = self._executor
+        if executor is None:
+            executor = self._executor = ThreadPoolExecutor(thread_name_prefix="danga")
+            self._own_executor = True
+        future = executor.submit(func, *args)
+        if callback is not None:
+            def done(fut: Future[Any]) -> None:
+                if not self._closed:  # a loop closed meanwhile drops the callback
+                    try:
+                        self._waker.call_soon(callback, (fut,))
+                    except RuntimeError:
+                        pass
+
+            future.add_done_callback(done)
+        return future
+
+    def set_default_executor(self, executor: Executor) -> None:
+        """Use *executor* for :meth:`run_in_thread` (``close()`` shuts it down).
+
+        Raises:
+            TypeError: *executor* is not a ``concurrent.futures.Executor``.
+            RuntimeError: the loop is closed.
+        """
+        self._check_open()
+        if not isinstance(executor, Executor):
+            raise TypeError(f"set_default_executor() takes a concurrent.futures.Executor, "
+                            f"not {type(executor).__name__}")
+        self._executor = executor
+        self._own_executor = True
+
+    # -- signals -------------------------------------------------------------------------
+
+    def add_signal_handler(self, signum: int, callback: Callable[..., Any],
+                           *args: Any) -> None:
+        """Call ``callback(*args)`` on the loop thread when signal *signum* arrives.
+
+        The Python-level handler only records the signal and wakes the loop; the
+        callback runs in the post-event phase, never in signal context. N deliveries of
+        one signal before the loop gets to it give one call. Replaces an earlier handler
+        of this loop for *signum*.
+
+        Raises:
+            RuntimeError: not called from the main thread, or the loop is closed.
+            TypeError: *callback* is not callable.
+            ValueError: *signum* is not a signal that can be caught (SIGKILL, SIGSTOP).
+        """
+        self._check_open()
+        signals = self._signals
+        if signals is None:
+            from ._signals import SignalHandlers  # only loops that use signals import it
+
+            signals = self._signals = SignalHandlers(self._waker, self._signal_failed)
+        signals.add(signum, callback, args)
+
+    def remove_signal_handler(self, signum: int) -> bool:
+        """Stop handling *signum*; its previous handler is restored. True if a handler
+        of this loop was removed, False otherwise.
+
+        Raises:
+            RuntimeError: not called from the main thread.
+        """
+        if self._signals is None:
+            if threading.current_thread() is not threading.main_thread():
+                raise RuntimeError("remove_signal_handler() must be called from the "
+                                   "main thread")
+            return False
+        return self._signals.remove(signum)
+
+    # -- the poller's life ---------------------------------------------------------------
+
+    def _forked_child(self) -> None:
+        # Called in a forked child (os.register_at_fork), before anything else runs:
+        # park the inherited poller (never closed here), give the child its own wakeup
+        # channel (its wakeups must never wake the parent), and drop the parent's calls.
+        if self._closed:
+            return
+        self._registry.park()
+        waker = self._waker
+        waker.calls.clear()
+        waker.polling = False
+        waker.renew(None)
+        self._registry.waker_fd = waker.fd  # registered by the rebuild before first use
+        if self._signals is not None:
+            self._signals.rebind()
+        self._executor = None  # the parent's worker threads do not exist here
 
     def reset(self) -> None:
-        """Forget everything (sockets, other fds, timers, callbacks, settings) and build a
-        fresh poller, chosen again as the first one was. For use after fork.
+        """Forget everything (sockets, other fds, timers, calls, callbacks, settings) and
+        build a fresh poller, chosen again as the first one was. For use after fork.
 
         Existing Socket objects are not closed; they are simply forgotten.
 
         Raises:
             UnknownBackend, BackendUnavailable: the backend can no longer be chosen.
+            OSError: the fresh poller or wakeup channel cannot be created.
         """
         cls = _backends.choose(self._spec)
-        self.descriptor_map.clear()
-        dict.clear(self.other_fds)
-        self._kernel.clear()
-        self._dirty.clear()
+        reg = self._registry
+        reg.reset(cls, capabilities(cls).max_fd)
         self._push_back.clear()
         self._to_close.clear()
         self._plc.clear()
@@ -639,32 +700,52 @@ class Loop:
         self._profiling = False
         self._profile.clear()
         self._exception_handler = None
-        self._strays.clear()
-        old, self._poller_cls = self.backend, cls
-        self.backend = cls()
-        if not self._closed:
-            self._discard_poller(old)
-        self._renew_waker()
-        self._forked = False
+        if self._signals is not None:
+            self._signals.close()
+            self._signals = None
+        waker = self._waker
+        waker.calls.clear()
+        if self._closed:
+            waker = self._waker = Waker()
+            self._timers._waker = waker
+        else:
+            waker.renew(None)
+        reg.watch_waker(waker.fd)
         self._closed = False
 
     def close(self) -> None:
-        """Really close pending closes, drop the timers and close the poller. Idempotent.
+        """Really close pending closes, drop the timers and queued calls, restore signal
+        handlers, shut the executor down and close the poller. Idempotent.
 
         Open Socket objects are not closed. Any later use of the loop raises RuntimeError.
+        One rule: a loop is never closed from inside its own iteration.
 
         Raises:
-            RuntimeError: the loop is running (call stop() first).
+            RuntimeError: the loop is running (run() or a run_once() in progress, e.g.
+                close() called from a callback): call stop(), and close it after run()
+                returns.
         """
         if self._closed:
             return
-        if self._running:
-            raise RuntimeError("cannot close a running danga.Loop; call stop() first")
+        if self._running or self._depth:
+            raise RuntimeError("cannot close a running danga.Loop (close() was called "
+                               "during run() or run_once()); call stop() and close it "
+                               "after run() returns")
         self._reap()
         self._timers.clear()
-        self._drop_waker()
+        self._timers._waker = None
+        if self._signals is not None:
+            self._signals.close()
+            self._signals = None
+        executor, self._executor = self._executor, None
+        if executor is not None and self._own_executor:
+            executor.shutdown(wait=False)
+        reg = self._registry
+        reg.unwatch_waker()
+        self._waker.calls.clear()
+        self._waker.close()
         self._closed = True
-        self._discard_poller(self.backend)
+        reg.close()
 
     @property
     def closed(self) -> bool:
@@ -681,52 +762,35 @@ class Loop:
     # -- timers and settings -------------------------------------------------------------
 
     def add_timer(self, seconds: float, callback: Callable[..., Any], *args: Any) -> Timer:
-        """Call ``callback(*args)`` after *seconds* (fractional; negative: due now).
+        """Call ``callback(*args)`` after *seconds* (fractional; the deadline is
+        ``now + seconds`` even when negative, so order is by true deadline as in Danga;
+        ``math.inf`` never fires). Safe from signal handlers and other threads.
 
         Raises:
             TypeError: *seconds* is not a number or *callback* is not callable.
             ValueError: *seconds* is NaN.
             RuntimeError: the loop is closed.
         """
-        # Inlined (it is a hot path for timer-heavy servers): validate, stamp, push.
-        if self._closed:
-            self._check_open()
-        cls = seconds.__class__
-        # Fast path for plain numbers; x != x is NaN's test without a call to math.isnan.
-        if (cls is not float and cls is not int) or seconds != seconds:  # noqa: PLR0124
-            check_delay(seconds)
-        if not callable(callback):
-            raise TypeError(f"timer callback must be callable, not {type(callback).__name__}")
-        timers = self._timers
-        now = monotonic()
-        timers._seq = seq = timers._seq + 1
-        deadline = now + seconds if seconds > 0 else now
-        timer = Timer((deadline, seq, callback, args, timers))
-        heap = timers._heap
-        if timers._sorted and (not heap or deadline >= heap[-1][0]):
-            heap.append(timer)  # in order, the usual case: the list stays sorted
-        else:
-            timers._sorted = False
-            heappush(heap, timer)
-        if self._in_poll:  # added by a signal handler (or a thread) while we sleep
-            self.wakeup()
-        return timer
+        # Each Loop replaces this with TimerHeap.add (bound) in __init__.
+        return self._timers.add(seconds, callback, *args)
 
     def set_loop_timeout(self, ms: float) -> float:
         """The longest wait per iteration, in milliseconds, as Danga's *code* does it:
         negative blocks (the default, -1), 0 returns at once, > 0 is milliseconds.
         (Danga's POD says the opposite for 0 and -1; the POD is wrong.) Returns *ms*.
+        Waits longer than a day are clamped to a day (the loop then waits again).
 
         Raises:
             TypeError: *ms* is not a number.
             ValueError: *ms* is NaN.
+            RuntimeError: the loop is closed.
         """
         self._check_open()
         if isinstance(ms, bool) or not isinstance(ms, (int, float)):
-            raise TypeError(f"loop timeout must be a number of milliseconds, "
+            raise TypeError(f"set_loop_timeout() takes milliseconds (a number), "
                             f"not {type(ms).__name__}")
-        if math.isnan(ms):
-            raise ValueError("loop timeout is NaN; pass milliseconds (-1 blocks)")
+        if ms != ms:  # noqa: PLR0124 (NaN)
+            raise ValueError("set_loop_timeout() got NaN; pass milliseconds (-1 blocks)")
         self._loop_timeout = None if ms < 0 else ms / 1000.0
         return ms
 
@@ -736,21 +800,25 @@ class Loop:
 
         Raises:
             TypeError: *callback* is neither callable nor None.
+            RuntimeError: the loop is closed.
         """
         self._check_open()
         if callback is not None:
-            _check_callable(callback, "the post-loop callback")
+            _check_callable(callback, "set_post_loop_callback(): the callback")
         self._post_loop_callback = callback
 
     def add_other_fds(self, mapping: Mapping[int, OtherFdCallback]) -> None:
         """Watch more foreign fds for READ: ``{fd: callback(mask)}``; later entries win.
 
         Raises:
-            TypeError: a callback is not callable or a key is not an fd.
-            OSError: an fd cannot be watched (nothing of *mapping* is kept then).
+            TypeError: *mapping* is not a mapping, a callback is not callable or a key
+                is not an fd.
+            OSError, UnsupportedFileType, FdOutOfRange: an fd cannot be watched (nothing
+                of *mapping* is kept then).
+            RuntimeError: the loop is closed.
         """
         self._check_open()
-        items = self._validate_other(mapping)
+        items = self._validate_other(mapping, "add_other_fds()")
         done: list[int] = []
         try:
             for fd, cb in items:
@@ -767,24 +835,26 @@ class Loop:
         """Replace the whole foreign-fd map (see :meth:`add_other_fds`).
 
         Raises:
-            TypeError: a callback is not callable or a key is not an fd.
+            TypeError, OSError: as :meth:`add_other_fds`.
+            RuntimeError: the loop is closed.
         """
         self._check_open()
-        items = self._validate_other(mapping)
+        items = self._validate_other(mapping, "set_other_fds()")
         wanted = dict(items)
         for fd in [fd for fd in self.other_fds if fd not in wanted]:
             del self.other_fds[fd]
         self.add_other_fds(wanted)
 
     @staticmethod
-    def _validate_other(mapping: Mapping[int, OtherFdCallback]) -> list[tuple[int, Any]]:
+    def _validate_other(mapping: Mapping[int, OtherFdCallback],
+                        call: str) -> list[tuple[int, Any]]:
         if not isinstance(mapping, Mapping):
-            raise TypeError(f"other fds must be a mapping fd -> callback, "
+            raise TypeError(f"{call} takes a mapping fd -> callback, "
                             f"not {type(mapping).__name__}")
         items = []
         for fd, cb in mapping.items():
-            fd = _as_fd(fd)
-            _check_callable(cb, f"the other_fds callback for fd {fd}")
+            fd = as_fd(fd, call)
+            _check_callable(cb, f"{call}: the callback for fd {fd}")
             items.append((fd, cb))
         return items
 
@@ -833,40 +903,10 @@ class Loop:
 
 
 def debug_msg(fmt: str, *args: Any) -> None:
+    """``>>> message`` on stderr and DEBUG on the ``danga`` logger (Danga's DebugMsg)."""
     msg = (fmt % args if args else fmt).rstrip("\n")
     sys.stderr.write(f">>> {msg}\n")
     logger.debug("%s", msg)
-
-
-class _Waker:
-    """A self-pipe: one byte at most outstanding, drained fully, never blocking."""
-
-    __slots__ = ("_r", "_w", "fd")
-
-    def __init__(self) -> None:
-        import socket
-
-        self._r, self._w = socket.socketpair()
-        self._r.setblocking(False)
-        self._w.setblocking(False)
-        self.fd = self._r.fileno()
-
-    def wake(self) -> None:
-        try:
-            self._w.send(b"\0")
-        except OSError:  # full (a wake is pending anyway) or closed by a racing close
-            pass
-
-    def drain(self) -> None:
-        try:
-            while self._r.recv(4096):
-                pass
-        except OSError:
-            pass
-
-    def close(self) -> None:
-        self._r.close()
-        self._w.close()
 
 
 _default: Loop | None = None

@@ -3,7 +3,8 @@
 Subclass it and override ``event_read`` (and ``event_write``, ``event_err``,
 ``event_hup`` as needed). The object registers itself in its loop's descriptor map on
 construction, interested in ERR|HUP only; ``watch_read`` / ``watch_write`` change the
-interest, and the loop applies the change just before it next polls.
+interest, and the loop applies the change just before it next polls (the registration
+itself too: a new connection that watches read costs one system call).
 
 Writes go straight to the kernel when nothing is queued (one ``send()``); a remainder is
 queued as a zero-copy ``memoryview`` slice and several queued buffers are flushed with
@@ -13,21 +14,22 @@ one ``sendmsg()``. Reads are one ``recv()``, after any pushed-back data.
 from __future__ import annotations
 
 import errno
+import io
 import os
 import socket as _socket
 import sys
-import types
 from collections import deque
 from collections.abc import Callable
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from .loop import _graveyard, debug_msg, get_loop, logger
+from ._registry import disown
+from .compat import DangaNames
+from .loop import debug_msg, get_loop, logger
 from .poller import ERR, HUP, READ, WRITE
 
 if TYPE_CHECKING:
-    from .loop import Loop, OtherFds, PostLoopCallback
-    from .timers import Timer
+    from ._registry import Registry
+    from .loop import Loop, PostLoopCallback
 
 __all__ = ["MAX_READ", "Socket"]
 
@@ -49,45 +51,43 @@ _WRITE_REASONS = {errno.EPIPE: "EPIPE", errno.ECONNRESET: "ECONNRESET"}
 _BUFFER_TYPES = (bytes, bytearray, memoryview)
 
 
-def _class_or_instance(class_fn: Callable[..., Any], inst_fn: Callable[..., Any]) -> Any:
-    """A method that does one thing on the class and another on an instance (Danga's
-    SetPostLoopCallback: global on the class, per-object on an object)."""
-
-    class _Dual:
-        def __get__(self, obj: Any, objtype: Any = None) -> Any:
-            if obj is None:
-                return partial(class_fn, objtype)
-            return types.MethodType(inst_fn, obj)
-
-    return _Dual()
-
-
-class Socket:
+class Socket(DangaNames):
     """An event-driven, non-blocking socket (or pipe) in a :class:`danga.Loop`.
 
-    ``sock`` is a socket, or any object with ``fileno()`` (pipes and fifos are read and
-    written with ``os.read``/``os.write``). danga sets it non-blocking and owns it from
-    now on: ``close()`` closes it.
+    ``sock`` is a socket, or any object with ``fileno()`` and ``close()`` (pipes and
+    fifos are read and written with ``os.read``/``os.write``). danga sets it non-blocking
+    and owns it from now on: ``close()`` closes it.
+
+    Attributes:
+        sock: the socket (or pipe object); None once closed or stolen.
+        fd: its file descriptor number (kept after close).
+        loop: the :class:`danga.Loop` it belongs to.
+        closed: True once :meth:`close` (or :meth:`steal_socket`) was called.
+        close_reason: the reason given to :meth:`close` (None before, or if none).
+        write_buf_size: bytes (plus one per queued callable) waiting in the write queue.
 
     Raises:
-        TypeError: *sock* has no ``fileno()``.
-        ValueError: *sock* is closed, or its fd is already owned by another live Socket.
-        OSError: the fd cannot be watched (UnsupportedFileType for regular files).
+        TypeError: *sock* has no ``fileno()`` or no ``close()``.
+        ValueError: *sock* is closed or has no file descriptor, or its fd is owned by
+            another Socket (a live one, or a closed one whose real close is pending).
+        OSError: the fd cannot be watched (EBADF; UnsupportedFileType for regular files).
         FdOutOfRange: the fd is too large for the backend (select).
         RuntimeError: the loop is closed.
     """
 
     __slots__ = (
         "__weakref__",
-        "_born",
         "_corked",
         "_event_watch",
+        "_gen",
+        "_ident",
         "_io",
         "_local",
         "_pb",
         "_pb_size",
         "_peer",
         "_recv",
+        "_reg",
         "_send",
         "_sendv",
         "_tcp",
@@ -106,39 +106,33 @@ class Socket:
         if loop is None:
             loop = get_loop()
         loop._check_open()
-        fileno = getattr(sock, "fileno", None)
-        if fileno is None:
-            raise TypeError(
-                f"danga.Socket needs a socket or an object with fileno(), not "
-                f"{type(sock).__name__}; wrap a raw fd with socket.socket(fileno=fd) "
-                "or os.fdopen(fd)"
-            )
-        try:
-            fd = fileno()
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"cannot wrap {sock!r}: it is closed ({exc})") from exc
-        if not isinstance(fd, int) or fd < 0:
-            raise ValueError(
-                f"cannot wrap {sock!r}: it is closed (fileno() returned {fd!r}); "
-                "pass an open socket or pipe"
-            )
+        fd = _fd_of(sock)
         existing = loop.descriptor_map.get(fd)
-        if existing is not None and not existing.closed:
+        if existing is not None:
+            if not existing.closed:
+                raise ValueError(
+                    f"danga.Socket(): fd {fd} is already owned by {existing.as_string()}; "
+                    "close() or steal_socket() that object first")
             raise ValueError(
-                f"fd {fd} is already owned by {existing.as_string()}; close() or "
-                "steal_socket() that object first"
-            )
+                f"danga.Socket(): fd {fd} belongs to a {type(existing).__name__} that was "
+                "closed and is really closed at the end of this loop iteration, which "
+                "would close it under the new object; to keep the socket, take it with "
+                "steal_socket() instead of close()")
         is_socket = isinstance(sock, _socket.socket)
         try:
+            # getblocking() reads the socket object's own state (no system call): an
+            # accepted connection that the Listener made non-blocking costs no second
+            # ioctl here.
             was_blocking = sock.getblocking() if is_socket else os.get_blocking(fd)
-            if is_socket:
-                sock.setblocking(False)
-            else:
-                os.set_blocking(fd, False)
+            if was_blocking:
+                if is_socket:
+                    sock.setblocking(False)
+                else:
+                    os.set_blocking(fd, False)
         except OSError as exc:
             raise type(exc)(
-                exc.errno, f"cannot wrap {sock!r} (fd {fd}): {exc.strerror}; "
-                "pass an open socket or pipe"
+                exc.errno, f"danga.Socket(): cannot use {sock!r} (fd {fd}): "
+                f"{exc.strerror}; pass an open socket or pipe"
             ) from exc
         self.sock: Any = sock
         self.fd: int = fd
@@ -156,7 +150,9 @@ class Socket:
         self._writer: Callable[[Any], int] | None = None
         self._peer: tuple[str | None, str | None] | None = None
         self._local: tuple[str | None, str | None] | None = None
-        self._born = loop._batch
+        self._reg: Registry = loop._registry
+        self._gen = 0  # set by the registry: the poll generation it was registered in
+        self._ident = 0  # set by the registry: the identity of the file behind fd
         # The I/O functions are the class's (shared, unbound) and are called with _io
         # (the socket, or the fd of a pipe): no bound method is allocated per object.
         if is_socket:
@@ -177,15 +173,16 @@ class Socket:
             self._sendv = getattr(os, "writev", None)
             self._tcp = False
         try:
-            loop._register(self)
+            loop._register(self, "danga.Socket()")
         except BaseException:
-            try:
-                if is_socket:
-                    sock.setblocking(was_blocking)
-                else:
-                    os.set_blocking(fd, was_blocking)
-            except OSError:
-                pass
+            if was_blocking:
+                try:
+                    if is_socket:
+                        sock.setblocking(True)
+                    else:
+                        os.set_blocking(fd, True)
+                except OSError:
+                    pass
             raise
 
     # -- the events (override these) -----------------------------------------------------
@@ -224,7 +221,7 @@ class Socket:
         new = mask | READ if on else mask & ~READ
         if new != mask:
             self._event_watch = new
-            self.loop._dirty[self.fd] = self
+            self._reg.dirty[self.fd] = self
 
     def watch_write(self, on: bool = True) -> None:
         """Watch (or stop watching) writability.
@@ -243,7 +240,7 @@ class Socket:
         new = mask | WRITE if on else mask & ~WRITE
         if new != mask:
             self._event_watch = new
-            self.loop._dirty[self.fd] = self
+            self._reg.dirty[self.fd] = self
 
     def on_incomplete_write(self) -> None:
         """Called when a write could not hand everything to the kernel (partial write or
@@ -300,9 +297,10 @@ class Socket:
                     return False
                 data()  # nothing queued before it: run it now
                 return self._flush() if self._wbuf and not self.closed else True
-            data = _as_bytes_view(data)
-        elif cls is memoryview and (data.format != "B" or data.ndim != 1):
-            data = data.cast("B")  # so that len() counts bytes
+            data = _as_bytes_view(data, "write()")
+        elif cls is memoryview and (data.format != "B" or data.ndim != 1
+                                    or not data.c_contiguous):
+            data = _byte_view(data)  # len() counts bytes; send() takes it as it is
         if self.write_buf_size:
             self._enqueue(data)
             return False
@@ -335,9 +333,7 @@ class Socket:
         # bytes and read-only buffers are queued as zero-copy views; a mutable buffer's
         # unsent part is copied, so the caller may reuse (or resize) it at once.
         if data.__class__ is not bytes:
-            view = data if data.__class__ is memoryview else memoryview(data)
-            if view.format != "B" or view.ndim != 1:
-                view = view.cast("B")
+            view = _byte_view(data if data.__class__ is memoryview else memoryview(data))
             data = view if view.readonly else bytes(view)
         if data:
             self._queue().append(data)
@@ -498,7 +494,7 @@ class Socket:
             TypeError: *buf* is not bytes-like.
         """
         if not isinstance(buf, _BUFFER_TYPES):
-            buf = _as_bytes_view(buf)
+            buf = _as_bytes_view(buf, "push_back_read()")
         data = bytes(buf)
         if self.closed or not data:
             return
@@ -513,7 +509,8 @@ class Socket:
     def close(self, reason: str | None = None) -> None:
         """Close: unregister now, drop the write queue, uncork; the OS close (and removal
         from the descriptor map) happens in post-event work, so the fd number cannot be
-        reused within this batch. Idempotent."""
+        reused within this batch. Idempotent; never raises for a socket whose fd was
+        closed behind danga's back (it is then forgotten, never closed again)."""
         if self.closed:
             return
         raw = self._shut(reason)
@@ -532,7 +529,13 @@ class Socket:
         self.closed = True
         self.close_reason = reason
         if self._corked:
-            self._set_cork(False)
+            self._corked = False
+            try:
+                self._set_cork(False)
+            except OSError as exc:  # the close goes on: nothing may stop the detach
+                if exc.errno == errno.EBADF:
+                    self._disown_fd()
+                logger.debug("%s: uncorking on close failed: %s", self.as_string(), exc)
         wbuf = self._wbuf
         if isinstance(wbuf, deque):
             wbuf.clear()  # a _flush() running a queued callable sees the queue emptied
@@ -558,7 +561,7 @@ class Socket:
         if isinstance(raw, _socket.socket):
             raw.detach()
         elif raw is not None:
-            _graveyard.append(raw)
+            disown(raw)
             self.sock = None
 
     # -- TCP_CORK ------------------------------------------------------------------------
@@ -670,100 +673,58 @@ class Socket:
             trace = "".join(traceback.format_stack()[:-1])
         logger.error("ERROR: %s\n\t%s\n%s", msg, self.as_string(), trace.rstrip("\n"))
 
-    # -- Danga's class-method names, acting on the default loop --------------------------
 
-    @classmethod
-    def EventLoop(cls) -> None:
-        """Run the default loop (``get_loop().run()``)."""
-        get_loop().run()
-
-    @classmethod
-    def AddTimer(cls, seconds: float, callback: Callable[..., Any], *args: Any) -> Timer:
-        """``get_loop().add_timer(seconds, callback, *args)``."""
-        return get_loop().add_timer(seconds, callback, *args)
-
-    @classmethod
-    def Reset(cls) -> None:
-        """``get_loop().reset()``."""
-        get_loop().reset()
-
-    @classmethod
-    def HaveEpoll(cls) -> bool:
-        """True exactly when the default loop's backend is epoll."""
-        return get_loop().have_epoll()
-
-    @classmethod
-    def WatchedSockets(cls) -> int:
-        """``get_loop().watched_sockets()``."""
-        return get_loop().watched_sockets()
-
-    @classmethod
-    def DescriptorMap(cls) -> dict[int, Socket]:
-        """The default loop's live descriptor map."""
-        return get_loop().descriptor_map
-
-    @classmethod
-    def ToClose(cls) -> list[Socket]:
-        """``get_loop().to_close()``."""
-        return get_loop().to_close()
-
-    @classmethod
-    def OtherFds(cls, mapping: dict[int, Callable[[int], Any]] | None = None) -> OtherFds:
-        """Replace the default loop's other fds with *mapping* (if given); returns the
-        live map."""
-        loop = get_loop()
-        if mapping is not None:
-            loop.set_other_fds(mapping)
-        return loop.other_fds
-
-    @classmethod
-    def AddOtherFds(cls, mapping: dict[int, Callable[[int], Any]]) -> None:
-        """``get_loop().add_other_fds(mapping)``."""
-        get_loop().add_other_fds(mapping)
-
-    @classmethod
-    def SetLoopTimeout(cls, ms: float) -> float:
-        """``get_loop().set_loop_timeout(ms)``."""
-        return get_loop().set_loop_timeout(ms)
-
-    @classmethod
-    def EnableProfiling(cls) -> bool:
-        """``get_loop().enable_profiling()``."""
-        return get_loop().enable_profiling()
-
-    @classmethod
-    def DisableProfiling(cls) -> None:
-        """``get_loop().disable_profiling()``."""
-        get_loop().disable_profiling()
-
-    @classmethod
-    def ProfilingData(cls) -> dict[str, list[float]]:
-        """``get_loop().profiling_data()``."""
-        return get_loop().profiling_data()
-
-    @classmethod
-    def DebugMsg(cls, fmt: str, *args: Any) -> None:
-        """Danga's DebugMsg: ``>>> message`` on stderr."""
-        debug_msg(fmt, *args)
-
-    SetPostLoopCallback = _class_or_instance(
-        lambda cls, callback: get_loop().set_post_loop_callback(callback),
-        lambda self, callback: self.set_post_loop_callback(callback),
-    )
-    """On the class: the default loop's global post-loop callback. On an object: that
-    object's own post-loop callback (as in Perl)."""
+def _fd_of(sock: Any) -> int:
+    """The fd of an object danga.Socket() is given; see Socket for what is raised."""
+    fileno = getattr(sock, "fileno", None)
+    if fileno is None:
+        raise TypeError(
+            f"danga.Socket() needs a socket or an object with fileno(), not "
+            f"{type(sock).__name__}; wrap a raw fd with socket.socket(fileno=fd) "
+            "or os.fdopen(fd)"
+        )
+    if not callable(getattr(sock, "close", None)):
+        raise TypeError(
+            f"danga.Socket() needs an object with close() (danga closes what it owns), "
+            f"and {type(sock).__name__} has none; wrap the fd with "
+            "socket.socket(fileno=fd) or os.fdopen(fd)"
+        )
+    try:
+        fd = fileno()
+    except io.UnsupportedOperation as exc:
+        raise ValueError(
+            f"danga.Socket(): {type(sock).__name__} has no file descriptor ({exc}); "
+            "pass a socket or a pipe"
+        ) from exc
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"danga.Socket(): cannot use {sock!r}: it is closed ({exc})"
+                         ) from exc
+    if isinstance(fd, bool) or not isinstance(fd, int) or fd < 0:
+        raise ValueError(
+            f"danga.Socket(): cannot use {sock!r}: it is closed (fileno() returned "
+            f"{fd!r}); pass an open socket or pipe"
+        )
+    return fd
 
 
-def _as_bytes_view(data: Any) -> memoryview:
+def _byte_view(view: memoryview) -> memoryview:
+    """A one-dimensional view of unsigned bytes over *view*, so len() counts bytes; a
+    non-contiguous buffer (a strided slice) is copied, since send() cannot take it."""
+    if not view.c_contiguous:
+        return memoryview(view.tobytes())
+    return view.cast("B") if view.format != "B" or view.ndim != 1 else view
+
+
+def _as_bytes_view(data: Any, call: str) -> memoryview:
     if isinstance(data, str):
         raise TypeError(
-            "danga writes bytes, not str; encode the text first, e.g. "
-            "write(text.encode('utf-8'))"
+            f"{call}: danga takes bytes, not str; encode the text first, e.g. "
+            f"{call.rstrip('()')}(text.encode('utf-8'))"
         )
     try:
         view = memoryview(data)
     except TypeError:
-        raise TypeError(
-            f"write() takes bytes-like data, a callable or None, not {type(data).__name__}"
-        ) from None
-    return view.cast("B") if view.format != "B" or view.ndim != 1 else view
+        what = ("bytes-like data, a callable or None" if call == "write()"
+                else "bytes-like data")
+        raise TypeError(f"{call} takes {what}, not {type(data).__name__}") from None
+    return _byte_view(view)

@@ -6,6 +6,10 @@ the time simply a sorted list.
   loop's wait (the heap's head is cleaned before the wait is computed). When most of the
   heap is cancelled it is rebuilt in place, so cancel-heavy code does not grow it without
   bound.
+- The deadline is ``now + seconds`` for every delay, negative ones included: a timer
+  added with -1 fires before one added earlier with 0, as in Danga (it orders by the
+  true deadline). ``math.inf`` is a valid delay (never fires; the loop's waits are
+  clamped to a day, docs/internals.md#long-waits).
 - A timer added while timers are running (delay 0 included) fires in the next iteration:
   a run only fires timers whose sequence predates it, so a callback that re-arms itself
   cannot starve I/O.
@@ -28,7 +32,10 @@ attributes below are views of the slots. The unique sequence number means the ca
 slot is never compared.
 
 Signal and thread safety: a signal handler (or another thread) may add or cancel timers
-at any moment, also while timers run. Every change to the heap is one C call, except
+at any moment, also while timers run. :meth:`TimerHeap.add` pushes first and then
+wakes the loop if it is between computing its wait and polling (``Waker.polling``), so
+a timer added from another thread is never slept through
+(docs/internals.md#lost-wakeup). Every change to the heap is one C call, except
 where a run scans or slices the sorted list: a signal handler can run at a call or a
 backward jump in between, so those steps check afterwards that no timer was pushed out
 of order (``_sorted``) and no compaction happened (``_epoch``), and redo the step
@@ -41,9 +48,12 @@ import math
 from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable
-from heapq import heapify, heappop
+from heapq import heapify, heappop, heappush
 from time import monotonic
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._waker import Waker
 
 __all__ = ["Timer", "TimerHeap"]
 
@@ -113,11 +123,10 @@ class Timer(list[Any]):
 
 
 class TimerHeap:
-    """The loop's timers. ``Loop.add_timer`` adds to ``_heap`` directly (its hot path: an
-    append while that keeps the list sorted, else ``heappush`` and ``_sorted = False``)
-    and ``Timer.cancel`` counts ``_cancelled``."""
+    """The loop's timers. :meth:`add` is ``Loop.add_timer`` (the loop binds it directly:
+    one Python call per timer) and ``Timer.cancel`` counts ``_cancelled``."""
 
-    __slots__ = ("_cancelled", "_due", "_epoch", "_heap", "_seq", "_sorted")
+    __slots__ = ("_cancelled", "_due", "_epoch", "_heap", "_seq", "_sorted", "_waker")
 
     #: Compact when more than half the heap (and at least this many) is cancelled.
     COMPACT_MIN = 64
@@ -134,6 +143,45 @@ class TimerHeap:
         # fires the rest of it first, and an interrupted run leaves it to the next one.
         self._due: deque[Timer] = deque()
         self._epoch = 0  # counts compactions: a run checks none happened mid-slice
+        self._waker: Waker | None = None  # None: the loop is closed
+
+    def add(self, seconds: float, callback: Callable[..., Any], *args: Any) -> Timer:
+        """Call ``callback(*args)`` after *seconds* (fractional; the deadline is
+        ``now + seconds`` even when negative; ``math.inf`` never fires).
+
+        Safe from a signal handler and from another thread (it wakes a sleeping loop).
+
+        Raises:
+            TypeError: *seconds* is not a number or *callback* is not callable.
+            ValueError: *seconds* is NaN.
+            RuntimeError: the loop is closed.
+        """
+        waker = self._waker
+        if waker is None:
+            raise RuntimeError("add_timer(): this danga.Loop is closed; create a new one "
+                               "with danga.Loop() (or call reset() to reopen it)")
+        cls = seconds.__class__
+        # Fast path for plain numbers; x != x is NaN's test without a call to math.isnan.
+        if (cls is not float and cls is not int) or seconds != seconds:  # noqa: PLR0124
+            check_delay(seconds)
+        if not callable(callback):
+            raise TypeError(f"add_timer() callback must be callable, "
+                            f"not {type(callback).__name__}")
+        self._seq = seq = self._seq + 1
+        try:
+            deadline = monotonic() + seconds
+        except OverflowError:  # an int too large for a float: as good as infinite
+            deadline = math.inf if seconds > 0 else -math.inf
+        timer = Timer((deadline, seq, callback, args, self))
+        heap = self._heap
+        if self._sorted and (not heap or deadline >= heap[-1][0]):
+            heap.append(timer)  # in order, the usual case: the list stays sorted
+        else:
+            self._sorted = False
+            heappush(heap, timer)
+        if waker.polling:  # a signal handler or a thread, while the loop computes its wait
+            waker.wake()
+        return timer
 
     def __len__(self) -> int:
         """Timers that are still going to fire."""
@@ -310,8 +358,9 @@ def check_delay(seconds: object) -> None:
     """Raises TypeError unless *seconds* is a real number, ValueError if it is NaN."""
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
         raise TypeError(
-            f"timer delay must be a number of seconds (int or float), "
+            f"add_timer() delay must be a number of seconds (int or float), "
             f"not {type(seconds).__name__}"
         )
     if math.isnan(seconds):
-        raise ValueError("timer delay is NaN; pass a number of seconds")
+        raise ValueError("add_timer() delay is NaN; pass a number of seconds "
+                         "(math.inf: never)")

@@ -86,6 +86,7 @@ class _Kqueue:
         self._knotes: dict[int, set[int]] = {}  # ident -> filters
         self._ids: dict[int, tuple[int, int]] = {}  # ident -> file identity at EV_ADD
         self._injected: list[kevent] = []
+        self._refused: dict[tuple[int, int], int] = {}  # (ident, filter) -> errno
         self.closed = False
         #: Every max_events passed to control() that asked for events (for the tests).
         self.max_events_seen: list[int] = []
@@ -131,6 +132,11 @@ class _Kqueue:
         """Make the next ``control`` return an EV_ERROR event for (ident, filter)."""
         self._injected.append(kevent(ident, filter, KQ_EV_ERROR, data=err))
 
+    def refuse(self, ident: int, filter: int, err: int) -> None:  # noqa: A002
+        """Make the next EV_ADD of (ident, filter) fail with *err* (a kernel that
+        refuses one filter of an fd that took the other)."""
+        self._refused[(ident, filter)] = err
+
     def knotes(self) -> dict[int, set[int]]:
         """The live knotes (after dropping those of closed fds), for the tests."""
         self._forget_closed()
@@ -153,6 +159,9 @@ class _Kqueue:
         if change.flags & KQ_EV_ADD:
             if ident is None:
                 return errno.EBADF
+            refused = self._refused.pop((fd, filt), None)
+            if refused is not None:
+                return refused
             self._knotes.setdefault(fd, set()).add(filt)  # re-adding modifies: no error
             self._ids[fd] = ident
         elif change.flags & KQ_EV_DELETE:

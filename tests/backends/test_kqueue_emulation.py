@@ -13,6 +13,7 @@ import socket
 import kqueue_emulation as kq
 import pytest
 
+import danga
 from danga import ERR, HUP, READ, WRITE
 from danga.backends.kqueue import KqueuePoller
 from danga.testing import registered_backends
@@ -221,18 +222,47 @@ def test_ev_error_maps_to_err(emulated, pair):
     assert dict(emulated.poll(0)).get(fd) == ERR
 
 
-def test_regular_file_refused_before_any_kevent(emulated, tmp_path):
+def test_regular_file_refused_before_any_kevent(tmp_path):
+    # Poller API v2: the core refuses it at registration, before the backend sees it.
     from danga import UnsupportedFileType
 
+    loop = danga.Loop(registered_backends()["kqueue-emulated"])
     path = tmp_path / "f"
     path.write_bytes(b"")
     fd = os.open(path, os.O_RDONLY)
     try:
         with pytest.raises(UnsupportedFileType):
-            emulated.modify(fd, 0, READ)
-        assert fd not in emulated._q.knotes()  # real kqueue would accept a file
+            loop.other_fds[fd] = lambda mask: None
+        loop.run_once(0)
+        assert fd not in loop.backend._q.knotes()  # real kqueue would accept a file
     finally:
         os.close(fd)
+        loop.close()
+
+
+@pytest.mark.parametrize("refused", [kq.KQ_FILTER_READ, kq.KQ_FILTER_WRITE])
+def test_refused_filter_leaves_the_kernel_as_it_was(emulated, pair, refused):
+    # modify(fd, 0, READ | WRITE) needs two EV_ADDs: if the kernel refuses one, the other
+    # is undone, so nothing stays registered (and unrecorded) behind the core's back.
+    fd = pair[1].fileno()
+    emulated._q.refuse(fd, refused, errno.ENOMEM)
+    with pytest.raises(OSError):
+        emulated.modify(fd, 0, READ | WRITE)
+    assert fd not in emulated._q.knotes()
+    assert emulated._filters == 0
+    emulated.modify(fd, 0, READ | WRITE)  # a later change works from a clean state
+    assert emulated._q.knotes()[fd] == {kq.KQ_FILTER_READ, kq.KQ_FILTER_WRITE}
+    assert emulated._filters == 2
+
+
+def test_refused_second_filter_of_a_change_keeps_the_first_state(emulated, pair):
+    fd = pair[1].fileno()
+    emulated.modify(fd, 0, READ)
+    emulated._q.refuse(fd, kq.KQ_FILTER_WRITE, errno.ENOMEM)
+    with pytest.raises(OSError):
+        emulated.modify(fd, READ, WRITE)  # delete READ, add WRITE (refused)
+    assert emulated._q.knotes()[fd] == {kq.KQ_FILTER_READ}  # READ restored
+    assert emulated._filters == 1
 
 
 def test_removal_of_closed_fd_ignores_the_kernel_error(emulated, pair):

@@ -1,7 +1,7 @@
-"""Shared helpers for the reliability matrix (issue 5), imported by its tests.
+"""Shared helpers for the reliability matrix, imported by its tests.
 
 Sizes: the default run is sized for CI (the whole suite stays under ~3 minutes on two
-cores); ``DANGA_LONG=1`` runs the full sizes of the issue. See docs/reliability.md.
+cores); ``DANGA_LONG=1`` runs the long sizes. See docs/reliability.md.
 """
 
 from __future__ import annotations

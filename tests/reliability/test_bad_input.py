@@ -40,6 +40,9 @@ def _foreign_owner(env: dict[str, Any]) -> Any:
         def fileno(self) -> int:
             return env["obj"].fd
 
+        def close(self) -> None:
+            raise AssertionError("a refused object must not be closed")
+
     return danga.Socket(SameFd(), loop=env["loop"])
 
 
@@ -65,12 +68,12 @@ CASES = [
          r"fileno\(\)"),
     Case("Socket(owned fd)", _foreign_owner, ValueError, r"already owned by Recorder"),
     Case("set_loop_timeout('x')", lambda e: e["loop"].set_loop_timeout("x"), TypeError,
-         r"milliseconds, not str"),
+         r"milliseconds \(a number\), not str"),
     Case("set_loop_timeout(nan)", lambda e: e["loop"].set_loop_timeout(math.nan),
          ValueError, r"NaN"),
     Case("add_other_fds(non-callable)",
          lambda e: e["loop"].add_other_fds({e["pipe_r"]: 42}), TypeError,
-         r"other_fds callback for fd \d+ must be callable, not int"),
+         r"callback for fd \d+ must be callable, not int"),
     Case("set_other_fds(non-callable)",
          lambda e: e["loop"].set_other_fds({e["pipe_r"]: "x"}), TypeError,
          r"must be callable, not str"),
@@ -96,8 +99,8 @@ CASES = [
 def _snapshot(loop: danga.Loop, obj: Recorder) -> dict[str, Any]:
     return {
         "dmap": dict(loop.descriptor_map),
-        "kernel": dict(loop._kernel),
-        "dirty": dict(loop._dirty),
+        "kernel": dict(loop._registry.kernel),
+        "dirty": dict(loop._registry.dirty),
         "timers": loop.timers(),
         "heap": len(loop._timers._heap),
         "other": dict(loop.other_fds),

@@ -83,7 +83,7 @@ def _echo_once(loop: danga.Loop, payload: bytes) -> bool:
 
 def _foreign_events(loop: danga.Loop) -> list[tuple[int, int]]:
     """Events the parent's poller reports for fds the parent never registered."""
-    known = set(loop._kernel) | {loop._waker.fd if loop._waker is not None else -1}
+    known = set(loop._registry.kernel) | {loop._waker.fd if loop._waker is not None else -1}
     return [(fd, m) for fd, m in loop.backend.poll(0) if fd not in known]
 
 

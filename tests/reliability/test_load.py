@@ -135,7 +135,7 @@ def test_concurrent_echo(loop: danga.Loop, danga_backend: str) -> None:
     server.close("test over")
     loop.run_once(0)
     assert all_dead(refs) == []
-    assert list(loop.descriptor_map) == [] and loop._kernel == {}
+    assert list(loop.descriptor_map) == [] and loop._registry.kernel == {}
     after = open_fds()
     assert after == before
     report(f"[{danga_backend}] concurrent: {figures} peak={server.peak} "
@@ -244,7 +244,7 @@ def test_churn(loop: danga.Loop, danga_backend: str) -> None:
     server.close("test over")
     loop.run_once(0)
     assert all_dead(refs) == []
-    assert loop._kernel == {}
+    assert loop._registry.kernel == {}
     after = open_fds()
     assert after == before
     report(f"[{danga_backend}] churn: {total} connections in {elapsed:.1f}s, "

@@ -24,7 +24,13 @@ import os
 import warnings
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ..poller import API_VERSION, BackendUnavailable, UnknownBackend
+from ..poller import (
+    API_VERSION,
+    SUPPORTED_API_VERSIONS,
+    BackendUnavailable,
+    UnknownBackend,
+    capabilities,
+)
 
 if TYPE_CHECKING:
     from ..poller import Poller
@@ -156,11 +162,17 @@ def _load(entry: _Entry) -> Any:
     version = getattr(obj, "api_version", None)
     if missing:
         entry.error = f"{entry.target} is not a Poller: it lacks {', '.join(missing)}"
-    elif version != API_VERSION:
+    elif version not in SUPPORTED_API_VERSIONS:
+        supported = " or ".join(map(str, SUPPORTED_API_VERSIONS))
         entry.error = (
             f"{entry.target} implements Poller API version {version!r}, but this danga "
-            f"needs version {API_VERSION}; upgrade the plugin"
+            f"loads version {supported} (current: {API_VERSION}); upgrade the plugin"
         )
+    else:
+        try:
+            capabilities(obj)
+        except TypeError as exc:
+            entry.error = f"{entry.target} declares bad capabilities: {exc}"
     if entry.error is not None:
         _warn_plugin(entry)
         return None

@@ -11,8 +11,11 @@ Facts about kqueue, and what danga does about them:
 - The kernel removes knotes when the fd is closed, so deleting a filter of a closed fd
   fails with EBADF (FreeBSD) or ENOENT (macOS): both are success here (trio does the same).
 - Adding a filter for a tty or some devices fails with EINVAL on macOS: that is reported
-  as UnsupportedFileType at registration, never as a hang later (pitfalls C7). Regular
-  files are refused at registration as on every backend.
+  as UnsupportedFileType, never as a hang later (docs/internals.md#kqueue-einval).
+  Regular files are refused by the core at registration, as on every backend.
+- One modify() may need two changes (READ and WRITE are separate filters). If the
+  kernel refuses the second, the first is undone, so a refused change leaves the kernel
+  as it was (Poller API v2) and the filters recorded here stay exact.
 - ERR and HUP need no filter of their own: an fd watched for neither READ nor WRITE has
   no knote and reports nothing (Danga added disabled filters to the same effect).
 - The kqueue fd is close-on-exec (CPython) and is not inherited usefully across fork;
@@ -36,7 +39,6 @@ from ..poller import (
     WRITE,
     BackendUnavailable,
     UnsupportedFileType,
-    check_pollable,
 )
 from ._common import Events, closed_error, wait_at_least
 
@@ -47,6 +49,9 @@ class KqueuePoller:
     name: ClassVar[str] = "kqueue"
     priority: ClassVar[int] = 100
     api_version: ClassVar[int] = API_VERSION
+    max_fd: ClassVar[int | None] = None
+    err_hup: ClassVar[bool] = True
+    embeddable: ClassVar[bool] = True
     #: The module providing kqueue, kevent and the KQ_* constants.
     _kq: ClassVar[ModuleType | Any] = select
 
@@ -79,42 +84,55 @@ class KqueuePoller:
         self._ev_error = m.KQ_EV_ERROR
 
     def modify(self, fd: int, old: int, new: int) -> None:
-        """See Poller.modify. Raises OSError (EBADF), UnsupportedFileType, RuntimeError."""
+        """See Poller.modify.
+
+        Raises OSError, UnsupportedFileType (EINVAL: a tty or device), RuntimeError
+        after close(). A refused change leaves every filter as it was.
+        """
         q = self._q
         if q is None:
             raise closed_error(self.name)
-        # The filters this fd really has, not the caller's *old*: modify of an unknown fd
-        # registers it, and removing an unknown fd must not touch the filter count.
+        # The filters this fd really has (kept here: the only state kqueue needs).
         have = self._fds.get(fd, 0)
-        if new and not have:
-            check_pollable(fd)
-        for bit, filt in ((READ, self._f_read), (WRITE, self._f_write)):
-            if new & bit and not have & bit:
+        done: list[tuple[int, bool]] = []  # (filter bit, added) applied by this call
+        try:
+            for bit in (READ, WRITE):
+                if new & bit and not have & bit:
+                    self._change(fd, bit, add=True)
+                    done.append((bit, True))
+                elif have & bit and not new & bit and self._change(fd, bit, add=False):
+                    done.append((bit, False))
+        except BaseException:
+            for bit, added in reversed(done):  # undo: leave the kernel as it was
                 try:
-                    q.control([self._kevent(fd, filt, self._ev_add)], 0, 0)
-                except OSError as exc:
-                    if exc.errno == errno.EINVAL:
-                        raise UnsupportedFileType(
-                            errno.EINVAL,
-                            f"kqueue cannot watch fd {fd} (a tty or device?); "
-                            "use DANGA_BACKEND=select for it",
-                        ) from exc
-                    raise
-                self._filters += 1
-                have |= bit
-            elif have & bit and not new & bit:
-                self._filters -= 1
-                have &= ~bit
-                try:
-                    q.control([self._kevent(fd, filt, self._ev_delete)], 0, 0)
-                except OSError as exc:
-                    # The kernel already dropped the knote of a closed fd.
-                    if exc.errno not in (errno.EBADF, errno.ENOENT):
-                        raise
+                    self._change(fd, bit, add=not added)
+                except OSError:
+                    pass
+            raise
         if new:
-            self._fds[fd] = have | (new & ~(READ | WRITE))  # ERR/HUP-only: known, no knote
+            self._fds[fd] = new  # ERR/HUP-only: known, no knote
         else:
             self._fds.pop(fd, None)
+
+    def _change(self, fd: int, bit: int, *, add: bool) -> bool:
+        """Add or delete one filter; False if a delete found it already gone."""
+        filt = self._f_read if bit == READ else self._f_write
+        try:
+            self._q.control([self._kevent(fd, filt, self._ev_add if add else self._ev_delete)],
+                            0, 0)
+        except OSError as exc:
+            if not add and exc.errno in (errno.EBADF, errno.ENOENT):
+                self._filters -= 1  # the kernel already dropped the knote of a closed fd
+                return False
+            if add and exc.errno == errno.EINVAL:
+                raise UnsupportedFileType(
+                    errno.EINVAL,
+                    f"kqueue cannot watch fd {fd} (a tty or device?); "
+                    "use DANGA_BACKEND=select for it",
+                ) from exc
+            raise
+        self._filters += 1 if add else -1
+        return True
 
     def poll(self, timeout: float | None) -> Events:
         """See Poller.poll. Raises RuntimeError after close()."""
@@ -148,3 +166,11 @@ class KqueuePoller:
         if q is not None:
             q.close()
             self._fds.clear()
+
+    def fileno(self) -> int:
+        """The kqueue fd (readable when an event is pending), for embedding in another
+        loop. Raises RuntimeError after close()."""
+        q = self._q
+        if q is None:
+            raise closed_error(self.name)
+        return int(q.fileno())

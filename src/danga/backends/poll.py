@@ -4,14 +4,14 @@ Facts about poll, and what danga does about them:
 
 - poll(2) is stateless: the kernel sees the whole set each call, so cost grows with the
   number of registered fds (idle ones included). There is no kernel object to leak
-  across fork or exec.
+  across fork or exec, and this module keeps no per-fd state: ``select.poll`` holds the
+  set, and the core passes the true old mask (Poller API v2).
 - POLLERR, POLLHUP and POLLNVAL are always reported. POLLNVAL means "this fd is not
   open": it is mapped to ERR, so an fd closed behind danga's back reaches the core once
   instead of making every later poll return at once (Danga::Socket 1.62 ignored POLLNVAL
   and spun).
 - poll accepts any fd number (no FD_SETSIZE limit) and does not check that it is open;
-  danga checks at registration (fstat) so that a closed fd fails there as on epoll, and
-  a regular file raises UnsupportedFileType as on every backend.
+  the core checks at registration (fstat), so a closed fd fails there as on epoll.
 - Python's poll takes milliseconds and rounds up; the wait is re-armed if it returns
   early.
 - macOS: poll does not support devices (its man page, BUGS) and returned early on
@@ -24,7 +24,7 @@ import select
 import sys
 from typing import ClassVar
 
-from ..poller import API_VERSION, ERR, BackendUnavailable, check_pollable
+from ..poller import API_VERSION, ERR, BackendUnavailable
 from ._common import Events, closed_error, wait_at_least
 
 _POLLNVAL = getattr(select, "POLLNVAL", 0x020)
@@ -37,6 +37,9 @@ class PollPoller:
     # Below epoll/kqueue, above select; far below select on macOS (see the facts above).
     priority: ClassVar[int] = 10 if sys.platform == "darwin" else 50
     api_version: ClassVar[int] = API_VERSION
+    max_fd: ClassVar[int | None] = None
+    err_hup: ClassVar[bool] = True
+    embeddable: ClassVar[bool] = False
 
     @classmethod
     def probe(cls) -> None:
@@ -50,22 +53,19 @@ class PollPoller:
 
     def __init__(self) -> None:
         self._p: select.poll | None = select.poll()
-        self._fds: dict[int, int] = {}
 
     def modify(self, fd: int, old: int, new: int) -> None:
-        """See Poller.modify. Raises OSError (EBADF), UnsupportedFileType, RuntimeError."""
+        """See Poller.modify. Raises RuntimeError after close()."""
         p = self._p
         if p is None:
             raise closed_error(self.name)
-        if not new:
-            if self._fds.pop(fd, None) is not None:
+        if new:
+            p.register(fd, new)  # the bits are the poll bits; it overwrites an entry
+        else:
+            try:
                 p.unregister(fd)
-            return
-        if fd not in self._fds:
-            check_pollable(fd)
-        # The bits are the poll bits; register() overwrites an existing entry.
-        p.register(fd, new)
-        self._fds[fd] = new
+            except KeyError:  # nothing to remove (an interrupted change being redone)
+                pass
 
     def poll(self, timeout: float | None) -> Events:
         """See Poller.poll. Raises RuntimeError after close()."""
@@ -87,4 +87,3 @@ class PollPoller:
     def close(self) -> None:
         """Forget every registration. Idempotent."""
         self._p = None
-        self._fds.clear()

@@ -4,13 +4,15 @@ Facts about select, and what danga does about them:
 
 - select(2) takes fd sets limited to FD_SETSIZE (1024 on Linux and macOS; CPython's
   Windows build raises it to 512). CPython accepts a larger fd at registration and then
-  fails *every* select() (ValueError). danga refuses fd >= FD_SETSIZE in modify() with
-  FdOutOfRange, so no other fd is disturbed.
+  fails *every* select() (ValueError). The class declares ``max_fd = FD_SETSIZE``, so
+  the core refuses such an fd at registration with FdOutOfRange, and modify() refuses
+  it too, so no other fd is disturbed.
 - One closed fd in the sets makes the whole call fail with EBADF. danga then finds the
   bad fds (fstat, like libev's fd_ebadf), reports ERR for each, and still reports the
   other fds' readiness from a second select without them.
-- select cannot report ERR or HUP: a hang-up shows as readable (recv returns b"") and
-  an error as readable and writable. An fd watched for neither is not in any set.
+- select cannot report ERR or HUP (``err_hup = False``): a hang-up shows as readable
+  (recv returns b"") and an error as readable and writable. An fd watched for neither
+  is not in any set.
 - On Windows select accepts sockets only, fails on empty sets (we sleep instead), and
   reports a failed non-blocking connect in exceptfds (merged into writable).
 - Timeouts are rounded up to microseconds by CPython; the wait is re-armed if early.
@@ -31,7 +33,6 @@ from ..poller import (
     WRITE,
     BackendUnavailable,
     FdOutOfRange,
-    check_pollable,
     fd_is_open,
 )
 from ._common import Events, closed_error, wait_at_least
@@ -47,6 +48,9 @@ class SelectPoller:
     name: ClassVar[str] = "select"
     priority: ClassVar[int] = 20
     api_version: ClassVar[int] = API_VERSION
+    max_fd: ClassVar[int | None] = FD_SETSIZE
+    err_hup: ClassVar[bool] = False
+    embeddable: ClassVar[bool] = False
 
     @classmethod
     def probe(cls) -> None:
@@ -64,26 +68,21 @@ class SelectPoller:
         self._closed = False
         self._r: set[int] = set()
         self._w: set[int] = set()
-        self._known: set[int] = set()
 
     def modify(self, fd: int, old: int, new: int) -> None:
         """See Poller.modify.
 
-        Raises FdOutOfRange for fd >= FD_SETSIZE, OSError (EBADF), UnsupportedFileType,
-        RuntimeError after close().
+        Raises FdOutOfRange for fd >= FD_SETSIZE, RuntimeError after close().
         """
         if self._closed:
             raise closed_error(self.name)
-        if new and fd not in self._known:
-            if fd >= FD_SETSIZE or fd < 0:
-                raise FdOutOfRange(
-                    f"fd {fd} is out of range for select (FD_SETSIZE is {FD_SETSIZE}); "
-                    "use the poll or epoll backend (DANGA_BACKEND=poll) for more fds"
-                )
-            check_pollable(fd)
+        if new and not 0 <= fd < FD_SETSIZE:
+            raise FdOutOfRange(
+                f"fd {fd} is out of range for select (FD_SETSIZE is {FD_SETSIZE}); "
+                "use the poll or epoll backend (DANGA_BACKEND=poll) for more fds"
+            )
         (self._r.add if new & READ else self._r.discard)(fd)
         (self._w.add if new & WRITE else self._w.discard)(fd)
-        (self._known.add if new else self._known.discard)(fd)
 
     def poll(self, timeout: float | None) -> Events:
         """See Poller.poll. Raises RuntimeError after close()."""
@@ -98,7 +97,6 @@ class SelectPoller:
         self._closed = True
         self._r.clear()
         self._w.clear()
-        self._known.clear()
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -121,7 +119,7 @@ class SelectPoller:
 
     def _report_bad(self) -> Events:
         """Some fd in the sets was closed behind our back: ERR for it, the rest polled."""
-        bad = [fd for fd in self._known if not fd_is_open(fd)]
+        bad = [fd for fd in self._r | self._w if not fd_is_open(fd)]
         good_r = [fd for fd in self._r if fd not in bad]
         good_w = [fd for fd in self._w if fd not in bad]
         ready: Events = []

@@ -19,8 +19,12 @@ given and no test path is (on the command line), the plugin collects that suite 
 of the configured ``testpaths``, so ``pytest -p danga.testing --danga-backend NAME`` run
 anywhere checks backend NAME. Give paths to run your own tests on the backend instead.
 
-Markers: ``danga_xfail(backends, reason=...)`` (a strict expected failure on those
-backends) and ``danga_group(name)`` (the group ``danga check`` reports a test under).
+Markers: ``danga_requires(capability, reason=...)`` or ``danga_requires(max_fd=N,
+reason=...)`` (a strict expected failure on backends that do not declare the capability,
+or declare a ``max_fd`` below N: :func:`danga.poller.capabilities`; this is how a test
+says a backend legitimately differs), ``danga_xfail(backends, reason=...)`` (a strict
+expected failure on backends named explicitly; for a test's own emulations, never for a
+capability) and ``danga_group(name)`` (the group ``danga check`` reports a test under).
 ``--danga-report PATH`` writes per-group outcome counts as JSON (``danga check`` uses it).
 """
 
@@ -36,7 +40,7 @@ import pytest
 
 from .. import backends as _backends
 from ..loop import Loop
-from ..poller import BackendUnavailable, Poller
+from ..poller import BackendUnavailable, Poller, capabilities
 
 __all__ = ["SUITE", "backend_matrix", "register_backend", "registered_backends", "run_until"]
 
@@ -134,19 +138,42 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # Give every matrix test a marker naming its backend, so `-m` and per-backend
     # expected failures (danga_xfail) can refer to it.
+    classes = dict(backend_matrix(config))
     for item in items:
         item.user_properties.append(("danga_group", _group_of(item)))
         callspec = getattr(item, "callspec", None)
         name = callspec.params.get("danga_backend") if callspec is not None else None
         if name is None:
             continue
+        for mark in item.iter_markers("danga_requires"):
+            missing = _unmet(classes[name], mark)
+            if missing:
+                item.add_marker(pytest.mark.xfail(
+                    reason=f"{mark.kwargs['reason']} ({missing})", strict=True))
         for mark in item.iter_markers("danga_xfail"):
             if name in mark.args[0] if isinstance(mark.args[0], (list, tuple, set)) \
                     else name == mark.args[0]:
                 item.add_marker(pytest.mark.xfail(reason=mark.kwargs["reason"], strict=True))
 
 
+def _unmet(cls: type[Poller], mark: pytest.Mark) -> str | None:
+    """Which requirement of a ``danga_requires`` mark *cls* does not declare, or None."""
+    caps = capabilities(cls)
+    for name in mark.args:
+        if not getattr(caps, name):
+            return f"{name} = False"
+    need = mark.kwargs.get("max_fd")
+    if need is not None and caps.max_fd is not None and caps.max_fd < need:
+        return f"max_fd = {caps.max_fd}"
+    return None
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "danga_requires(*capabilities, max_fd=None, reason=...): strict expected failure "
+        "on backends that do not declare these capabilities (danga.poller.capabilities)",
+    )
     config.addinivalue_line(
         "markers",
         "danga_xfail(backends, reason=...): strict expected failure on these backends "

@@ -7,13 +7,15 @@ thin translation from danga's Poller protocol to the standard library's best sel
 Facts about selectors, and what this backend does about them:
 
 - ``selectors`` knows only EVENT_READ and EVENT_WRITE: it folds a hang-up or an error
-  into readable and writable, so this backend reports READ/WRITE, never ERR/HUP (the
-  protocol allows that: a closed peer shows as readable, and recv() returns b"").
-- ``register`` refuses an fd that is already registered (KeyError) and ``modify`` one
-  that is not: the backend looks in ``get_map()`` and calls the right one, so that
-  "modify an unknown fd registers it" and "register twice" work as on every backend.
-- Regular files and directories are refused with ``danga.UnsupportedFileType`` before
-  the selector sees them (epoll would say EPERM, select would call them ready forever).
+  into readable and writable, so this backend reports READ/WRITE, never ERR/HUP. It
+  says so with ``err_hup = False`` (Poller API v2): danga's suite then expects a closed
+  peer to show as readable only, and event_err/event_hup never run on it.
+- danga passes the true old mask (Poller API v2); the selector's own map is the only
+  state (it also tells apart danga's ERR|HUP-only interest, which selectors cannot
+  express: such an fd is simply not in the selector).
+- danga validates every fd before a backend sees it (closed fds, regular files,
+  directories, and fds at or above ``max_fd``): this module does not.
+- Where DefaultSelector is select() (Windows), ``max_fd`` says it watches fds below 512.
 - ``select()`` may return a little before its timeout (epoll rounds to milliseconds):
   the wait is re-armed until the deadline, because danga promises ``poll(t)`` waits
   at least ``t`` when nothing is ready.
@@ -22,22 +24,16 @@ Facts about selectors, and what this backend does about them:
 from __future__ import annotations
 
 import selectors
+import sys
 import time
 from typing import ClassVar
 
-from danga.poller import (
-    API_VERSION,
-    READ,
-    WRITE,
-    BackendUnavailable,
-    FdOutOfRange,
-    check_pollable,
-)
+from danga.poller import API_VERSION, READ, WRITE, BackendUnavailable
 
 __all__ = ["SelectorsPoller"]
-__version__ = "1.0.0"
+__version__ = "2.0.0"
 
-_FD_SETSIZE = 1024  # select's limit, if DefaultSelector is the SelectSelector
+_SELECT = selectors.DefaultSelector is selectors.SelectSelector
 
 
 class SelectorsPoller:
@@ -47,6 +43,10 @@ class SelectorsPoller:
     # Below every built-in: an automatic choice never takes it; name it to use it.
     priority: ClassVar[int] = 5
     api_version: ClassVar[int] = API_VERSION
+    max_fd: ClassVar[int | None] = (
+        (512 if sys.platform == "win32" else 1024) if _SELECT else None)
+    err_hup: ClassVar[bool] = False
+    embeddable: ClassVar[bool] = False
 
     @classmethod
     def probe(cls) -> None:
@@ -66,9 +66,7 @@ class SelectorsPoller:
     def modify(self, fd: int, old: int, new: int) -> None:
         """See danga.poller.Poller.modify.
 
-        Raises OSError (the fd is not open), UnsupportedFileType (a regular file or a
-        directory), FdOutOfRange (fd >= 1024 on a select-based selector) and
-        RuntimeError after close().
+        Raises OSError (the kernel refused the change) and RuntimeError after close().
         """
         sel = self._open()
         events = (selectors.EVENT_READ if new & READ else 0) | (
@@ -80,11 +78,8 @@ class SelectorsPoller:
             return
         if known:
             sel.modify(fd, events)
-            return
-        if isinstance(sel, selectors.SelectSelector) and fd >= _FD_SETSIZE:
-            raise FdOutOfRange(f"fd {fd} is out of range for select (FD_SETSIZE 1024)")
-        check_pollable(fd)  # OSError if closed, UnsupportedFileType for files
-        sel.register(fd, events)
+        else:
+            sel.register(fd, events)
 
     def poll(self, timeout: float | None) -> list[tuple[int, int]]:
         """See danga.poller.Poller.poll. Raises RuntimeError after close()."""
