@@ -118,7 +118,7 @@ class Selector(selectors.BaseSelector):
         TypeError: *backend* is neither a name, a class nor None.
 
     The selector owns its Poller: :meth:`close` closes it. ``fileno()`` exists when the
-    Poller has one (epoll, kqueue), so another loop can watch this selector.
+    backend is embeddable (epoll, kqueue), so another loop can watch this selector.
     """
 
     def __init__(self, backend: str | type[Poller] | None = None) -> None:
@@ -156,13 +156,21 @@ class Selector(selectors.BaseSelector):
 
     @property
     def fileno(self) -> Callable[[], int]:
-        """The Poller's ``fileno`` (epoll's or kqueue's fd), where it has one.
+        """The Poller's ``fileno`` (epoll's or kqueue's fd), where the backend declares
+        ``embeddable`` (a v1 backend, which declares nothing: where it has a ``fileno``).
 
         Raises:
-            AttributeError: the Poller has no fd (poll, select), so ``hasattr(sel,
-                "fileno")`` is False, as for the standard PollSelector.
+            AttributeError: the backend has no fd another loop could watch (poll,
+                select), so ``hasattr(sel, "fileno")`` is False, as for the standard
+                PollSelector.
         """
-        return self._poller.fileno  # type: ignore[attr-defined, no-any-return]
+        poller = self._poller
+        if not getattr(poller, "embeddable", hasattr(poller, "fileno")):
+            raise AttributeError(
+                f"danga.Selector over {getattr(poller, 'name', '?')!r} has no fileno(): "
+                "the backend is not embeddable"
+            )
+        return poller.fileno  # type: ignore[attr-defined, no-any-return]
 
     def _lookup(self, fileobj: Any) -> int:
         """The fd of *fileobj*; a closed file object is found by identity among the keys,
