@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 import traceback
+import types
 import unittest
 from collections import Counter
 from collections.abc import Sequence
@@ -103,14 +104,20 @@ class _Result(unittest.TextTestResult):
 def _install_everywhere(make: _Counting) -> None:
     """Every asyncio loop of this process on the backend: through the policy (what
     ``asyncio.new_event_loop()`` uses) and through ``SelectorEventLoop()`` without a
-    selector (which asks ``selectors.DefaultSelector``)."""
+    selector, which asks ``selectors.DefaultSelector``: asyncio is given a copy of the
+    selectors module whose DefaultSelector is danga's (the real module stays as it is,
+    so a backend built on it, like the example plugin, still gets the real one)."""
+    import asyncio.selector_events
 
     class Policy(asyncio.DefaultEventLoopPolicy):
         def new_event_loop(self) -> asyncio.AbstractEventLoop:
             return asyncio.SelectorEventLoop(make())
 
     asyncio.set_event_loop_policy(Policy())
-    selectors.DefaultSelector = make  # type: ignore[misc, assignment]
+    patched = types.ModuleType(selectors.__name__, selectors.__doc__)
+    patched.__dict__.update(selectors.__dict__)
+    patched.DefaultSelector = make  # type: ignore[attr-defined]
+    asyncio.selector_events.selectors = patched  # type: ignore[attr-defined]
 
 
 def _lower_fd_limit(limit: int | None) -> None:
