@@ -8,6 +8,7 @@ take about as long as the longest one."""
 
 import pytest
 
+import danga
 from danga.testing import peer
 
 
@@ -28,3 +29,40 @@ def test_cpython_suites(danga_backend, poller_cls, record_property):
         # Every test that ran passed or was skipped with a reason, and something passed.
         assert r["passed"] > 0, table
         assert r["ran"] == r["passed"] + sum(r["skipped"].values()) + r["expected_failures"]
+
+
+@pytest.mark.timeout(120)
+def test_danga_check_peer_prints_the_table(capsys):
+    # `danga check --backend NAME --peer` after the conformance run: one quick test
+    # (selected with -k) of each suite on the best backend here.
+    if peer.missing_test_package() is not None:
+        pytest.skip(peer.missing_test_package())
+    name = danga.backends.best().name
+    assert peer.run_peer_check(name, keyword="test_register") == 0
+    out = capsys.readouterr().out
+    assert "peer suite" in out and "selectors" in out
+    assert f"danga check: {name}: peer suites PASSED" in out
+
+
+def test_a_failing_peer_test_fails_the_check(capsys, tmp_path, monkeypatch):
+    # A poller that loses write readiness: CPython's test_select must catch it.
+    if peer.missing_test_package() is not None:
+        pytest.skip(peer.missing_test_package())
+    (tmp_path / "capped_poller.py").write_text(
+        "from danga.backends.select import SelectPoller\n"
+        "class Capped(SelectPoller):\n"
+        "    name = 'capped'\n"
+        "    def poll(self, timeout):\n"
+        "        return [(fd, m & ~4) for fd, m in super().poll(timeout) if m & ~4]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = peer.run_suite("capped_poller:Capped", "selectors", keyword="test_select",
+                            timeout=100)
+    assert result["ran"] > 0 and peer.problems_of([result]), result
+    assert "SelectorTests.test_select\n" in peer.format_problems(result)
+
+
+def test_unknown_suite():
+    with pytest.raises(ValueError, match="unknown peer suite 'nope'"):
+        peer.run_suite("select", "nope")
+    with pytest.raises(ValueError, match="unknown peer suite 'nope'"):
+        peer.run_suites("select", ["selectors", "nope"])
