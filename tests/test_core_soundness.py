@@ -588,3 +588,26 @@ def test_a_refused_registration_closes_only_its_owner(loop, refusal, owner, capl
     run_until(loop, lambda: "read" in bystander.log)
     for s in (b, c, d):
         s.close()
+
+
+def test_reset_in_a_handler_drops_the_rest_of_the_batch_quietly(loop, caplog):
+    # reset() from a handler forgets every fd: the batch's later events name nothing
+    # known, and must neither reach anyone nor look like a registration the kernel
+    # cannot remove (which would rebuild the poller).
+    pairs = [nb_pair() for _ in range(5)]
+    log: list[str] = []
+    objs = [Recorder(a, loop=loop, log=log) for a, _ in pairs]
+    for obj in objs:
+        obj.watch_read(True)
+        obj.on["read"] = lambda o: loop.reset()
+    loop.run_once(0)
+    for _, b in pairs:
+        b.send(b"x")
+    with caplog.at_level(logging.INFO, logger="danga"):
+        run_until(loop, lambda: log)
+        loop.run_once(0)
+    assert log == ["read"]
+    assert not any("rebuilt" in r.getMessage() for r in caplog.records)
+    for a, b in pairs:
+        a.close()
+        b.close()

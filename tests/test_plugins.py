@@ -213,8 +213,8 @@ def test_v1_plugin_still_loads_and_runs(tmp_path):
     data, caps = json.loads(proc.stdout)
     assert data == "hi"
     # A v1 plugin declares no capabilities and gets the defaults: no fd limit, ERR/HUP
-    # reported, not embeddable (it has no fileno()).
-    assert caps == [None, True, False]
+    # reported, not embeddable (it has no fileno()), registrations bound to fd numbers.
+    assert caps == [None, True, False, False]
 
 
 def test_danga_check_passes_the_example_plugin(tmp_path):

@@ -33,6 +33,7 @@ from .poller import (
     UnknownBackend,
     UnsupportedFileType,
 )
+from .process import prefork
 from .selector import Selector
 from .socket import Socket
 from .timers import Timer
@@ -57,4 +58,5 @@ __all__ = [
     "UnsupportedFileType",
     "__version__",
     "get_loop",
+    "prefork",
 ]

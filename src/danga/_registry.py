@@ -9,14 +9,18 @@ what the kernel has (``kernel``: fd -> mask), which records wait for a change to
 the kernel (``dirty``), and which fds were removed in the current batch (``removed``).
 
 Shared names. Modules talk through documented methods, except for these names, shared
-for speed and listed here only:
+for speed (or because one job spans two modules) and listed here only:
 
 - Socket slots that the registry and ``Loop``'s dispatch read or write: ``_event_watch``,
   ``_gen``, ``_ident``, ``closed``, ``fd``, ``_pb`` and ``_pb_size`` (push-back re-fire),
   and the method ``_lost_fd()`` (close without ever closing the fd number again).
-- ``Loop._registry`` (this object), which ``Socket`` keeps as ``_reg``; a Socket marks
-  itself changed with ``_reg.dirty[fd] = self`` (batched interest changes).
-- ``Loop._waker`` (``danga._waker.Waker``), which ``timers`` and ``socket`` never touch.
+- ``Loop._registry`` (this object): a Socket marks itself changed with
+  ``loop._registry.dirty[fd] = self`` (batched interest changes).
+- ``Loop`` methods a Socket calls about itself: ``_check_open()``, ``_register()``,
+  ``_detach()``, ``_set_plc()``, and ``_push_back[fd] = self``; ``Listener`` reports a
+  failed ``on_accept`` through ``Loop._callback_failed()``.
+- ``TimerHeap._heap`` and ``_due``, which ``Loop`` reads to skip the timers when none
+  is scheduled (two attribute reads instead of a call per iteration).
 
 Generations (docs/internals.md#fd-reuse-in-a-batch): ``gen`` is incremented
 right before every poll. A record registered after a poll began has ``_gen >= `` that
@@ -46,6 +50,7 @@ from .poller import (
     READ,
     WRITE,
     FdOutOfRange,
+    capabilities,
     check_pollable,
     fd_identity,
 )
@@ -123,6 +128,7 @@ class Registry:
         "closed",
         "descriptor_map",
         "dirty",
+        "floor",
         "foreign",
         "forked",
         "gen",
@@ -131,15 +137,15 @@ class Registry:
         "other_fds",
         "poller_cls",
         "removed",
+        "track_idents",
         "waker_fd",
     )
 
-    def __init__(self, poller_cls: type[Poller], max_fd: int | None,
-                 on_lost: Callable[[Any, str], None]) -> None:
+    def __init__(self, poller_cls: type[Poller], on_lost: Callable[[Any, str], None]) -> None:
         """Raises OSError: the poller cannot be created (out of fds)."""
         self.poller_cls = poller_cls
         self.backend: Poller = poller_cls()
-        self.caps_max_fd = max_fd
+        self._capabilities(poller_cls)
         self.forked = False
         #: fd -> Socket, live (the public ``loop.descriptor_map``).
         self.descriptor_map: dict[int, Socket] = {}
@@ -150,11 +156,19 @@ class Registry:
         self.dirty: dict[int, Any] = {}
         self.removed: dict[int, int] = {}
         self.gen = 0
+        self.floor = 0  # events of polls before this generation are stale (reset, rebuild)
         self.closed = False  # the loop is closed: nothing may be added
         self.waker_fd = -1
         self.on_lost = on_lost  # on_lost(record, why): the loop logs and closes it
 
     # -- registration ------------------------------------------------------------------
+
+    def _capabilities(self, poller_cls: type[Poller]) -> None:
+        caps = capabilities(poller_cls)
+        self.caps_max_fd = caps.max_fd
+        # Where the kernel binds registrations to open files (epoll), it notices a
+        # number closed and reused by itself: no identity per fd is kept (memory).
+        self.track_idents = not caps.binds_open_files
 
     def validate(self, fd: int, call: str) -> int:
         """Check *fd* can be watched here; returns its identity.
@@ -170,7 +184,8 @@ class Registry:
                 f"{call}: fd {fd} is out of range for the {self.backend.name} backend "
                 f"(it watches fds below {limit}); use the poll or epoll backend "
                 "(DANGA_BACKEND=poll) for more fds")
-        return check_pollable(fd)
+        ident = check_pollable(fd)
+        return ident if self.track_idents else 0
 
     def add(self, obj: Socket, ident: int) -> None:
         """Put a validated Socket in the map; its interest reaches the kernel at the
@@ -326,7 +341,7 @@ class Registry:
         else:
             self.kernel.pop(fd, None)
         code = getattr(exc, "errno", None)
-        if code in _GONE or fd_identity(fd) != owner._ident:
+        if code in _GONE or (owner._ident and fd_identity(fd) != owner._ident):
             self._lost(owner, f"the kernel says {getattr(exc, 'strerror', None) or exc}")
             return
         if isinstance(owner, Foreign):
@@ -375,6 +390,8 @@ class Registry:
         rec = self.foreign.get(fd)
         if rec is not None:
             return None if rec._gen >= batch else rec
+        if batch < self.floor:
+            return None  # polled before a reset or a rebuild: nothing it names is known
         removed = self.removed.get(fd)
         if removed is not None and removed >= batch:
             return None  # removed after this poll began: its events are stale
@@ -401,6 +418,7 @@ class Registry:
         self.backend = self.poller_cls()
         self._discard(old)
         self.removed.clear()
+        self.floor = self.gen + 1
         logger.info("danga: rebuilt the %s poller: %s", self.backend.name, why)
         backend = self.backend
         if self.waker_fd >= 0:
@@ -438,7 +456,7 @@ class Registry:
         self.closed = True
         self._discard(self.backend)
 
-    def reset(self, poller_cls: type[Poller], max_fd: int | None) -> None:
+    def reset(self, poller_cls: type[Poller]) -> None:
         """Forget everything and start over with a fresh *poller_cls* (Loop.reset).
 
         Raises:
@@ -452,10 +470,11 @@ class Registry:
         self.kernel.clear()
         self.dirty.clear()
         self.removed.clear()
+        self.floor = self.gen + 1
         old, self.backend = self.backend, backend
         self.poller_cls = poller_cls
+        self._capabilities(poller_cls)
         was_closed, self.closed = self.closed, False
-        self.caps_max_fd = max_fd
         self.waker_fd = -1
         if not was_closed:
             self._discard(old)

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from . import backends as _backends
 from ._registry import OtherFds, Registry, as_fd
 from ._waker import Waker
-from .poller import ERR, HUP, READ, WRITE, capabilities, clamp_timeout
+from .poller import ERR, HUP, READ, WRITE, clamp_timeout
 from .timers import Timer, TimerHeap
 
 if TYPE_CHECKING:
@@ -130,7 +130,7 @@ class Loop:
     def __init__(self, backend: str | type[Poller] | None = None) -> None:
         self._spec = backend
         cls = _backends.choose(backend)
-        self._registry = reg = Registry(cls, capabilities(cls).max_fd, self._lose)
+        self._registry = reg = Registry(cls, self._lose)
         #: fd -> Socket, live. Closed objects stay until post-event work reaps them.
         self.descriptor_map: dict[int, Socket] = reg.descriptor_map
         #: fd -> callback(mask) for fds no Socket owns, live (a MutableMapping).
@@ -161,7 +161,7 @@ class Loop:
             reg.close()
             raise
         self._timers = TimerHeap()
-        self._timers._waker = self._waker
+        self._timers.waker = self._waker
         # add_timer is TimerHeap.add itself: one Python call per timer (the class
         # attribute below documents it and serves subclasses that override nothing).
         self.add_timer = self._timers.add  # type: ignore[method-assign]
@@ -690,7 +690,7 @@ class Loop:
         """
         cls = _backends.choose(self._spec)
         reg = self._registry
-        reg.reset(cls, capabilities(cls).max_fd)
+        reg.reset(cls)
         self._push_back.clear()
         self._to_close.clear()
         self._plc.clear()
@@ -707,7 +707,7 @@ class Loop:
         waker.calls.clear()
         if self._closed:
             waker = self._waker = Waker()
-            self._timers._waker = waker
+            self._timers.waker = waker
         else:
             waker.renew(None)
         reg.watch_waker(waker.fd)
@@ -733,7 +733,7 @@ class Loop:
                                "after run() returns")
         self._reap()
         self._timers.clear()
-        self._timers._waker = None
+        self._timers.waker = None
         if self._signals is not None:
             self._signals.close()
             self._signals = None

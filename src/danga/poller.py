@@ -218,16 +218,22 @@ class Capabilities(NamedTuple):
             (select), so ``event_err``/``event_hup`` never run.
         embeddable: True when the poller has a ``fileno()`` that another loop can watch
             (epoll, kqueue), so it can run inside another event loop.
+        binds_open_files: True when a registration belongs to the open file, not the fd
+            number (epoll): closing the file drops it, and a change for a number that
+            now names another file fails with ENOENT. The core then need not keep each
+            fd's file identity to notice a number closed behind its back and reused.
     """
 
     max_fd: int | None
     err_hup: bool
     embeddable: bool
+    binds_open_files: bool = False
 
 
 def capabilities(cls: type[Any]) -> Capabilities:
     """The capabilities a Poller class declares, with the defaults for a v1 plugin that
-    declares none: no fd limit, ERR/HUP reported, embeddable if it has ``fileno``.
+    declares none: no fd limit, ERR/HUP reported, embeddable if it has ``fileno``,
+    registrations bound to fd numbers.
 
     Raises:
         TypeError: a declared capability has the wrong type.
@@ -235,11 +241,13 @@ def capabilities(cls: type[Any]) -> Capabilities:
     max_fd = getattr(cls, "max_fd", None)
     err_hup = getattr(cls, "err_hup", True)
     embeddable = getattr(cls, "embeddable", hasattr(cls, "fileno"))
+    binds = getattr(cls, "binds_open_files", False)
     if max_fd is not None and (isinstance(max_fd, bool) or not isinstance(max_fd, int)):
         raise TypeError(f"{cls.__name__}.max_fd must be an int or None, not {max_fd!r}")
-    if not isinstance(err_hup, bool) or not isinstance(embeddable, bool):
-        raise TypeError(f"{cls.__name__}.err_hup and .embeddable must be bools")
-    return Capabilities(max_fd, err_hup, embeddable)
+    if not all(isinstance(flag, bool) for flag in (err_hup, embeddable, binds)):
+        raise TypeError(f"{cls.__name__}.err_hup, .embeddable and .binds_open_files "
+                        "must be bools")
+    return Capabilities(max_fd, err_hup, embeddable, binds)
 
 
 @runtime_checkable
@@ -251,7 +259,7 @@ class Poller(Protocol):
     level-triggered: a condition that still holds is reported again by the next poll.
 
     Optional class attributes (API v2, see :class:`Capabilities`): ``max_fd``,
-    ``err_hup``, ``embeddable``.
+    ``err_hup``, ``embeddable``, ``binds_open_files``.
     """
 
     #: The backend's name, as used by ``DANGA_BACKEND`` and ``Loop(backend=...)``.

@@ -28,7 +28,6 @@ from .loop import debug_msg, get_loop, logger
 from .poller import ERR, HUP, READ, WRITE
 
 if TYPE_CHECKING:
-    from ._registry import Registry
     from .loop import Loop, PostLoopCallback
 
 __all__ = ["MAX_READ", "Socket"]
@@ -87,7 +86,6 @@ class Socket(DangaNames):
         "_pb_size",
         "_peer",
         "_recv",
-        "_reg",
         "_send",
         "_sendv",
         "_tcp",
@@ -150,7 +148,6 @@ class Socket(DangaNames):
         self._writer: Callable[[Any], int] | None = None
         self._peer: tuple[str | None, str | None] | None = None
         self._local: tuple[str | None, str | None] | None = None
-        self._reg: Registry = loop._registry
         self._gen = 0  # set by the registry: the poll generation it was registered in
         self._ident = 0  # set by the registry: the identity of the file behind fd
         # The I/O functions are the class's (shared, unbound) and are called with _io
@@ -221,7 +218,7 @@ class Socket(DangaNames):
         new = mask | READ if on else mask & ~READ
         if new != mask:
             self._event_watch = new
-            self._reg.dirty[self.fd] = self
+            self.loop._registry.dirty[self.fd] = self
 
     def watch_write(self, on: bool = True) -> None:
         """Watch (or stop watching) writability.
@@ -240,7 +237,7 @@ class Socket(DangaNames):
         new = mask | WRITE if on else mask & ~WRITE
         if new != mask:
             self._event_watch = new
-            self._reg.dirty[self.fd] = self
+            self.loop._registry.dirty[self.fd] = self
 
     def on_incomplete_write(self) -> None:
         """Called when a write could not hand everything to the kernel (partial write or

@@ -126,7 +126,7 @@ class TimerHeap:
     """The loop's timers. :meth:`add` is ``Loop.add_timer`` (the loop binds it directly:
     one Python call per timer) and ``Timer.cancel`` counts ``_cancelled``."""
 
-    __slots__ = ("_cancelled", "_due", "_epoch", "_heap", "_seq", "_sorted", "_waker")
+    __slots__ = ("_cancelled", "_due", "_epoch", "_heap", "_seq", "_sorted", "waker")
 
     #: Compact when more than half the heap (and at least this many) is cancelled.
     COMPACT_MIN = 64
@@ -143,7 +143,8 @@ class TimerHeap:
         # fires the rest of it first, and an interrupted run leaves it to the next one.
         self._due: deque[Timer] = deque()
         self._epoch = 0  # counts compactions: a run checks none happened mid-slice
-        self._waker: Waker | None = None  # None: the loop is closed
+        #: The loop's Waker (set by the loop); None once the loop is closed.
+        self.waker: Waker | None = None
 
     def add(self, seconds: float, callback: Callable[..., Any], *args: Any) -> Timer:
         """Call ``callback(*args)`` after *seconds* (fractional; the deadline is
@@ -156,7 +157,7 @@ class TimerHeap:
             ValueError: *seconds* is NaN.
             RuntimeError: the loop is closed.
         """
-        waker = self._waker
+        waker = self.waker
         if waker is None:
             raise RuntimeError("add_timer(): this danga.Loop is closed; create a new one "
                                "with danga.Loop() (or call reset() to reopen it)")

@@ -41,6 +41,7 @@ class EpollPoller:
     max_fd: ClassVar[int | None] = None
     err_hup: ClassVar[bool] = True
     embeddable: ClassVar[bool] = True
+    binds_open_files: ClassVar[bool] = True
 
     @classmethod
     def probe(cls) -> None:

@@ -22,9 +22,11 @@ anywhere checks backend NAME. Give paths to run your own tests on the backend in
 Markers: ``danga_requires(capability, reason=...)`` or ``danga_requires(max_fd=N,
 reason=...)`` (a strict expected failure on backends that do not declare the capability,
 or declare a ``max_fd`` below N: :func:`danga.poller.capabilities`; this is how a test
-says a backend legitimately differs), ``danga_xfail(backends, reason=...)`` (a strict
-expected failure on backends named explicitly; for a test's own emulations, never for a
-capability) and ``danga_group(name)`` (the group ``danga check`` reports a test under).
+says a backend legitimately differs; ``strict=False`` for a capability that is always
+safe to leave undeclared, such as ``binds_open_files``: an XPASS is reported),
+``danga_xfail(backends, reason=...)`` (a strict expected failure on backends named
+explicitly; for a test's own emulations, never for a capability) and
+``danga_group(name)`` (the group ``danga check`` reports a test under).
 ``--danga-report PATH`` writes per-group outcome counts as JSON (``danga check`` uses it).
 """
 
@@ -149,7 +151,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             missing = _unmet(classes[name], mark)
             if missing:
                 item.add_marker(pytest.mark.xfail(
-                    reason=f"{mark.kwargs['reason']} ({missing})", strict=True))
+                    reason=f"{mark.kwargs['reason']} ({missing})",
+                    strict=mark.kwargs.get("strict", True)))
         for mark in item.iter_markers("danga_xfail"):
             if name in mark.args[0] if isinstance(mark.args[0], (list, tuple, set)) \
                     else name == mark.args[0]:
@@ -171,8 +174,9 @@ def _unmet(cls: type[Poller], mark: pytest.Mark) -> str | None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "danga_requires(*capabilities, max_fd=None, reason=...): strict expected failure "
-        "on backends that do not declare these capabilities (danga.poller.capabilities)",
+        "danga_requires(*capabilities, max_fd=None, reason=..., strict=True): expected "
+        "failure on backends that do not declare these capabilities "
+        "(danga.poller.capabilities); strict=False where not declaring is always safe",
     )
     config.addinivalue_line(
         "markers",

@@ -498,6 +498,28 @@ class TestErrors:
         assert wait_for(poller, b2.fileno(), READ)
         assert a2.fileno() not in events(poller)
 
+    @pytest.mark.danga_requires("binds_open_files", strict=False, reason="the backend "
+                                "declares binds_open_files = False (always safe): the core "
+                                "keeps file identities")
+    def test_change_for_a_reused_number_fails(self, poller: Poller, pairs: Any) -> None:
+        # What binds_open_files = True promises the core: after the file registered
+        # under a number is closed and the number names another file, a change of that
+        # registration fails (ENOENT) instead of registering the stranger's file.
+        _a, b = pairs()
+        fd = b.fileno()
+        poller.modify(fd, 0, READ)
+        b.close()
+        c, _d = pairs()
+        if c.fileno() != fd:
+            os.dup2(c.fileno(), fd)
+        try:
+            with pytest.raises(OSError):
+                poller.modify(fd, READ, READ | WRITE)
+            assert fd not in events(poller)
+        finally:
+            if c.fileno() != fd:
+                os.close(fd)
+
     def test_loop_refuses_closed_fd(self, loop: Any, pairs: Any) -> None:
         # Poller API v2: the core validates at registration, the same on every backend.
         import errno
