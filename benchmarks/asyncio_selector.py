@@ -3,10 +3,10 @@
     python benchmarks/asyncio_selector.py                  # 5 rounds of 2 s per point
     python benchmarks/asyncio_selector.py --rounds 3 --duration 1
 
-The same asyncio echo server (benchmarks/servers/asyncio_echo.py: an asyncio.Protocol that
+The same asyncio echo server (danga.bench.servers.asyncio_echo: an asyncio.Protocol that
 writes back what it receives) runs on ``asyncio.SelectorEventLoop(selector)`` with either
 selector; nothing else differs. Each point starts a fresh server pinned to one core and
-the C load generator on another (benchmarks/harness.py); the points run in interleaved
+the C load generator on another (danga.bench.harness); the points run in interleaved
 rounds (danga, asyncio, danga, asyncio, ...) after a warm-up, and the result is the ratio
 danga / asyncio of round trips per second (of MB/s for 64 KiB messages), per round, shown
 as median with min-max, and asyncio / danga of the server's CPU per round trip (its own
@@ -26,11 +26,7 @@ import statistics
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE / "servers"))
-
-import harness  # noqa: E402
+from danga.bench import harness
 
 SELECTORS = {
     "danga-selector": "danga.Selector('epoll')",
@@ -40,13 +36,12 @@ WORKLOADS = ["pp64x1", "pp64x100", "pp64kx10", "pipe64x10x16"]
 
 
 def serve(name: str, port: int) -> None:
-    from asyncio_echo import serve as echo  # benchmarks/servers/asyncio_echo.py
-
     # The two processes must differ by the selector alone. glibc's dynamic mmap threshold
     # decides whether asyncio's 256 KiB recv buffer costs an mmap, mremap and munmap per
     # read (3x the server's CPU per round trip), and the threshold depends on what was
     # allocated at start-up: freeing one 1 MiB block raises it past 256 KiB in both.
     import danga
+    from danga.bench.servers.asyncio_echo import serve as echo
 
     block = bytearray(1 << 20)
     del block
@@ -56,6 +51,7 @@ def serve(name: str, port: int) -> None:
         selector = selectors.EpollSelector()
     loop = asyncio.SelectorEventLoop(selector)
     loop.run_until_complete(echo(port))
+    loop.run_forever()
 
 
 Samples = dict[str, dict[str, list[dict[str, float]]]]
