@@ -325,11 +325,15 @@ def test_backend_choice(poller_cls):
 def test_asyncio_echo(poller_cls):
     # asyncio's own event loop, on the backend: a server and a client over loopback.
     async def main():
+        handled = asyncio.Event()
+
         async def handle(reader, writer):
             while data := await reader.read(65536):
                 writer.write(data)
                 await writer.drain()
             writer.close()
+            await writer.wait_closed()
+            handled.set()
 
         server = await asyncio.start_server(handle, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
@@ -339,6 +343,7 @@ def test_asyncio_echo(poller_cls):
         echoed = await asyncio.wait_for(reader.readexactly(len(payload)), 20)
         writer.close()
         await writer.wait_closed()
+        await asyncio.wait_for(handled.wait(), 10)  # the server side is closed too
         server.close()
         await server.wait_closed()
         return echoed == payload
