@@ -40,6 +40,7 @@ from .timers import Timer
 
 if TYPE_CHECKING:
     from .process import prefork
+    from .selector import Selector
 
 __version__ = "0.1.0"
 
@@ -54,6 +55,7 @@ __all__ = [
     "FdOutOfRange",
     "Listener",
     "Loop",
+    "Selector",
     "Socket",
     "Timer",
     "UnknownBackend",
@@ -65,10 +67,14 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # danga.prefork is imported on first use: most programs never fork workers, and
-    # `import danga` stays light (docs/performance.md measures it against asyncio).
+    # danga.prefork and danga.Selector are imported on first use: most programs never
+    # fork workers or run asyncio on danga, and `import danga` stays light.
     if name == "prefork":
         from .process import prefork
 
         return prefork
+    if name == "Selector":
+        from .selector import Selector
+
+        return Selector
     raise AttributeError(f"module 'danga' has no attribute {name!r}")

@@ -39,6 +39,9 @@ def _options(parser: argparse.ArgumentParser) -> None:
                         help="only run the tests matching this pytest -k expression")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="show pytest's output for every test")
+    parser.add_argument("--peer", action="store_true",
+                        help="also run CPython's own selectors and asyncio suites through "
+                        "danga.Selector on the backend (danga.testing.peer)")
 
 
 @command("check", "run the backend conformance suite against an installed backend",
@@ -46,7 +49,12 @@ def _options(parser: argparse.ArgumentParser) -> None:
 def _check(args: argparse.Namespace) -> int:
     if not args.backend:
         raise ValueError("name the backend to check: danga check --backend NAME")
-    return run_check(args.backend, keyword=args.keyword, verbose=args.verbose)
+    status = run_check(args.backend, keyword=args.keyword, verbose=args.verbose)
+    if args.peer:
+        from .peer import run_peer_check
+
+        status |= run_peer_check(args.backend, keyword=args.keyword, verbose=args.verbose)
+    return status
 
 
 def run_check(name: str, *, keyword: str | None = None, verbose: bool = False) -> int:
