@@ -19,6 +19,7 @@ Importing danga is cheap: backends are discovered only when a choice needs them.
 
 from __future__ import annotations
 
+from .connect import connect
 from .listener import Listener
 from .loop import Loop, get_loop
 from .poller import (
@@ -54,5 +55,6 @@ __all__ = [
     "UnknownBackend",
     "UnsupportedFileType",
     "__version__",
+    "connect",
     "get_loop",
 ]
