@@ -308,7 +308,7 @@ class Socket(DangaNames, Connecting):
             return self._write_general(data)  # it retries
         except OSError as exc:
             return self._write_failed(exc)
-        if sent and self._idle:
+        if self._idle and sent:
             self._last_active = self.loop.now
         if sent >= len(data):
             return True
@@ -349,7 +349,7 @@ class Socket(DangaNames, Connecting):
                 continue
             except OSError as exc:
                 return self._write_failed(exc)
-        if sent and self._idle:
+        if self._idle and sent:
             self._last_active = self.loop.now
         if sent >= len(data):
             if self._write_set_watch:
@@ -428,7 +428,7 @@ class Socket(DangaNames, Connecting):
             except OSError as exc:
                 return self._write_failed(exc)
             self.write_buf_size -= sent
-            if sent and self._idle:
+            if self._idle and sent:
                 self._last_active = self.loop.now
             left = sent
             while left:
@@ -705,7 +705,7 @@ class Socket(DangaNames, Connecting):
             except OSError as exc:
                 self._read_failed(exc)
                 return None
-        if data and self._idle:
+        if self._idle and data:
             self._last_active = self.loop.now
         return data if data else None
 
