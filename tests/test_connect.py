@@ -90,6 +90,7 @@ def test_refused_reaches_on_connect_error_not_event_err(loop):
     obj = danga.connect(("127.0.0.1", closed_port()), Client, loop=loop)
     assert obj.connecting and not obj.closed
     run_until(loop, lambda: obj.closed)
+    assert type(obj) is Client
     [exc] = errors(obj)
     assert exc.errno == errno.ECONNREFUSED
     assert obj.close_reason == "connect_failed: ECONNREFUSED"
@@ -343,3 +344,37 @@ def test_bad_arguments(loop, tmp_path):
         danga.connect(addr, lambda s, loop: "nope", loop=loop)  # type: ignore[arg-type]
     if before:
         assert set(os.listdir("/proc/self/fd")) <= before  # the socket was closed
+
+
+def test_steal_while_connecting_gives_a_plain_socket(loop):
+    lsn = listener()
+    obj = danga.connect(lsn.getsockname(), Client, loop=loop, timeout=0.2)
+    sock = obj.steal_socket()
+    assert type(sock) is socket.socket and not obj.connecting
+    assert type(obj) is Client  # its own class again
+    deadline = time.monotonic() + 0.3
+    run_until(loop, lambda: time.monotonic() > deadline)
+    assert obj.log == [] and loop.timers() == 0
+    sock.setblocking(True)
+    srv, _ = lsn.accept()
+    sock.sendall(b"mine")
+    assert srv.recv(4) == b"mine"
+    for s in (sock, srv, lsn):
+        s.close()
+
+
+class Keeps(Client):
+    """Keeps the object when the connect fails (a retry would make a new one)."""
+
+    def on_connect_error(self, exc: OSError) -> None:
+        self.log.append(("error", exc))
+
+
+def test_a_failed_connect_that_is_kept_gets_no_event_err_or_hup(loop):
+    obj = danga.connect(("127.0.0.1", closed_port()), Keeps, loop=loop)
+    run_until(loop, lambda: bool(errors(obj)))
+    for _ in range(5):
+        loop.run_once(0.01)
+    assert obj.log == [("error", errors(obj)[0])] and not obj.closed
+    assert type(obj) is Keeps and not obj.connecting
+    obj.close()

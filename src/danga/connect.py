@@ -271,6 +271,22 @@ class Connecting:
             self._conn = None
             self.__class__ = state.cls
 
+    def _connect_abandon(self) -> None:
+        """Closed or stolen (connecting, or failed and not yet restored): no hook runs
+        any more, and a stolen socket is a plain ``socket.socket`` again."""
+        state = self._conn
+        if state is None:
+            return
+        self.connecting = False
+        if state.timer is not None:
+            state.timer.cancel()
+            state.timer = None
+        if self.sock is not None and self.sock.__class__ is _UnconnectedSocket:
+            self.sock.__class__ = _socket.socket  # type: ignore[assignment]
+        # A closed object gets no more events: its own class can come back at once.
+        self._conn = None
+        self.__class__ = state.cls
+
     def _connect_restore(self) -> None:
         state = self._conn
         if state is not None and state.phase == _FAILED:

@@ -760,10 +760,8 @@ class Socket(DangaNames, Connecting):
         if self._idle:
             self._idle = 0.0
             self._idle_timer.cancel()
-        conn = self._conn
-        if conn is not None and conn.timer is not None:
-            conn.timer.cancel()
-            conn.timer = None
+        if self._conn is not None:
+            self._connect_abandon()
         if self._corked:
             self._corked = False
             try:
