@@ -18,6 +18,11 @@ robin, three ways:
 It prints ns per read (median, min-max over interleaved rounds, after a warm-up
 round), the bookkeeping cost per activity (variant - off), the ratio naive / lazy
 (goal: >= 10x) and the read's cost with idle timeouts on against off.
+
+Then a real ping-pong (``--pingpong`` seconds per round, 0 skips it): 64-byte messages
+between two danga Sockets over a socketpair, through ``loop.run_once()``, with idle
+timeouts off and on (both ends, 60 s), interleaved; it prints round trips per second
+and the ratio on / off (goal: >= 0.97x).
 """
 
 from __future__ import annotations
@@ -79,11 +84,50 @@ def run(objs: list[Any], loop: danga.Loop, how: str, events: int) -> float:
     return elapsed / events * 1e9
 
 
+class Pong(danga.Socket):
+    """Answers every message; the ping end counts the round trips."""
+
+    count = 0
+
+    def event_read(self) -> None:
+        data = self.read(65536)
+        if data is None:
+            self.close("eof")
+        elif data:
+            Pong.count += 1
+            self.write(data)
+
+
+def pingpong(seconds: float, idle: bool) -> float:
+    """Round trips per second over one socketpair (both ends danga Sockets)."""
+    loop = danga.Loop()
+    a, b = socket.socketpair()
+    ends = [Pong(a, loop=loop), Pong(b, loop=loop)]
+    for end in ends:
+        end.watch_read(True)
+        if idle:
+            end.set_idle_timeout(60)
+    ends[0].write(MSG)
+    Pong.count = 0
+    end_at = time.perf_counter() + seconds
+    run_once = loop.run_once
+    while time.perf_counter() < end_at:
+        for _ in range(100):
+            run_once(1.0)
+    rate = Pong.count / 2 / seconds
+    for end in ends:
+        end.close()
+    loop.close()
+    return rate
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--conns", type=int, default=10_000)
     p.add_argument("--events", type=int, default=200_000)
     p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--pingpong", type=float, default=1.0,
+                   help="seconds per ping-pong round (0: skip)")
     a = p.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     need = a.conns + 100
@@ -113,6 +157,20 @@ def main() -> None:
         obj._io, obj._recv = obj.sock, socket.socket.recv
         obj.close("done")
     loop.close()
+    if a.pingpong > 0:
+        pingpong(a.pingpong / 4, False)  # warm-up
+        pingpong(a.pingpong / 4, True)
+        rates: dict[bool, list[float]] = {False: [], True: []}
+        for _ in range(a.rounds):
+            for idle in (False, True):
+                rates[idle].append(pingpong(a.pingpong, idle))
+        off, on = (statistics.median(rates[k]) for k in (False, True))
+        print(f"ping-pong, 64-byte messages, round trips/s (median, min-max of "
+              f"{a.rounds} interleaved rounds of {a.pingpong:g} s)")
+        for name, idle in (("off", False), ("on", True)):
+            print(f"  idle {name:3s} {statistics.median(rates[idle]):9.0f}  "
+                  f"({min(rates[idle]):.0f}-{max(rates[idle]):.0f})")
+        print(f"  idle timeouts on / off = {on / off:.3f}x (goal >= 0.97x)")
 
 
 if __name__ == "__main__":
