@@ -13,9 +13,7 @@ import statistics
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import harness
+from danga.bench import harness
 
 
 def main() -> int:

@@ -22,16 +22,11 @@ from __future__ import annotations
 import argparse
 import socket
 import statistics
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "servers"))
-
-from danga_echo import Echo  # the benchmarked server's own class
-
 import danga
+from danga.bench.servers.danga_echo import Echo  # the benchmarked server's own class
 from danga.poller import ERR, HUP, READ, WRITE
 
 MSG = b"x" * 64

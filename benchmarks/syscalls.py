@@ -5,7 +5,8 @@ The hot-path rules (docs/internals.md, 'hot-path-rules') promise that a steady
 ping-pong costs, per message, one recv and one send, and no interest change at all (no
 ``epoll_ctl``). This script checks it with strace:
 
-1. start ``examples/echo.py --port 0 --backend B`` and a load client in another process
+1. start ``examples/echo.py --port 0 --backend B``, warm it with one connection that
+   echoes and closes, and start a load client in another process
    (``--connections`` connections, each ping-ponging ``--size``-byte messages and
    checking every echoed byte);
 2. once the connections are up and warm, freeze the client (SIGSTOP), let the server
@@ -43,6 +44,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from danga.bench.harness import warm_up
 
 ROOT = Path(__file__).resolve().parent.parent
 ECHO = ROOT / "examples" / "echo.py"
@@ -143,6 +146,9 @@ def measure(backend: str, connections: int, size: int, seconds: float,
         if not match or match.group(2) != backend:
             raise RuntimeError(f"unexpected first line from the server: {line!r}")
         port = int(match.group(1))
+        # One connection that echoes and closes first: every server is measured in its
+        # steady state (see danga.bench.harness.warm_up and docs/performance.md).
+        warm_up(port, server.pid)
         client = ctx.Process(target=client_main,
                              args=(port, connections, size, counter, errors), daemon=True)
         client.start()

@@ -7,8 +7,10 @@ Run it::
     python examples/echo.py --port 7000 --backend poll
 
 It prints ``listening on HOST:PORT (backend NAME)`` once it is ready (so a script can
-start it with ``--port 0`` and read the port from that line) and stops cleanly, exit
-status 0, on SIGINT (Ctrl-C) or SIGTERM.
+start it with ``--port 0`` and read the port from that line). SIGTERM or SIGINT (Ctrl-C)
+shut it down gracefully: it stops accepting, closes idle connections, lets every response
+already queued reach its client, and exits 0 once all are gone (1 if ``--grace`` seconds
+run out first). A second signal stops it at once.
 
 Three things worth reading here:
 
@@ -21,10 +23,13 @@ Three things worth reading here:
   stops reading (``watch_read(False)``) and queues a *callable* behind the data: danga
   calls it once everything before it has been handed to the kernel, and it turns
   reading back on. The kernel's buffers then push back on the client.
-- **Shutdown.** A signal handler that calls ``loop.stop()`` is all it takes: danga
-  wakes a poll that is sleeping when ``stop()`` is called (Python alone would retry the
-  interrupted poll with its old timeout, PEP 475), and a ``stop()`` that comes before
-  ``run()`` is kept, so a signal that arrives during start-up is not lost.
+- **Graceful shutdown.** ``loop.add_signal_handler`` runs the handler on the loop
+  thread, between events, so it may close sockets and add timers like any callback.
+  The listener closes first (nothing new arrives); a connection with nothing queued is
+  closed; one with a response still queued stops reading and queues its own close
+  behind the response (a queued *callable* runs once everything before it has been
+  sent), so the response is delivered whole. The loop stops when its descriptor map is
+  empty. ``danga.prefork`` workers do the same (see ``examples/prefork_echo.py``).
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import argparse
 import signal
 import socket
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import danga
@@ -47,7 +52,7 @@ READ_SIZE = 64 * 1024
 class Echo(danga.Socket):
     """One client connection: echoes what it reads, pausing while its queue is full."""
 
-    __slots__ = ("high_water", "paused", "pauses")
+    __slots__ = ("finishing", "high_water", "paused", "pauses")
 
     def __init__(self, sock: socket.socket, *, loop: danga.Loop | None = None,
                  high_water: int = HIGH_WATER) -> None:
@@ -56,12 +61,14 @@ class Echo(danga.Socket):
         self.paused = False
         #: How many times back-pressure paused this connection (for tests and stats).
         self.pauses = 0
+        #: True once :meth:`finish` was called: no more reading, close when sent.
+        self.finishing = False
         self.watch_read(True)
 
     def event_read(self) -> None:
         data = self.read(READ_SIZE)
-        if data is None:  # EOF or a read error
-            self.close("eof")
+        if data is None:  # EOF or a read error: what is queued still goes out
+            self.finish("eof")
             return
         if not data:  # spurious wake-up: nothing to read after all
             return
@@ -75,7 +82,20 @@ class Echo(danga.Socket):
 
     def _resume(self) -> None:
         self.paused = False
-        self.watch_read(True)
+        if not self.finishing:
+            self.watch_read(True)
+
+    def finish(self, reason: str = "shutdown") -> None:
+        """Stop reading and close once everything queued has been sent (at once when
+        nothing is queued)."""
+        if self.finishing or self.closed:
+            return
+        self.finishing = True
+        if not self.write_buf_size:
+            self.close(reason)
+            return
+        self.watch_read(False)
+        self.write(lambda: self.close(reason))
 
 
 class EchoServer(danga.Listener):
@@ -92,25 +112,66 @@ class EchoServer(danga.Listener):
         Echo(conn, loop=self.loop, high_water=self.high_water)
 
 
-def stop_on_signals(loop: danga.Loop,
-                    signums: Sequence[int] = (signal.SIGINT, signal.SIGTERM)
-                    ) -> Callable[[], None]:
-    """Make *signums* stop ``loop.run()`` promptly, even from a blocking poll.
+def drain(loop: danga.Loop) -> int:
+    """Begin a graceful shutdown of *loop*: close its listeners, and ask every other
+    object to finish (its ``finish()`` if it has one, else it is closed now).
 
-    Returns a function that restores the previous handlers. Must be called from the
-    main thread (``signal.signal`` raises ValueError elsewhere).
+    Returns how many objects are still open (finishing their responses).
+    """
+    objs = sorted(loop.descriptor_map.values(), key=lambda o: not isinstance(o, danga.Listener))
+    for obj in objs:
+        finish = getattr(obj, "finish", None)
+        if isinstance(obj, danga.Listener) or finish is None:
+            obj.close("shutdown")
+        else:
+            finish()
+    return sum(1 for obj in loop.descriptor_map.values() if not obj.closed)
+
+
+class GracefulShutdown:
+    """On SIGTERM or SIGINT: :func:`drain` the loop and stop it once its descriptor map
+    is empty, or after *grace* seconds; a second signal stops it at once.
+
+    ``clean`` says afterwards whether everything finished. Call :meth:`remove` to give
+    the signals back. Must be made on the main thread (``loop.add_signal_handler``
+    raises RuntimeError elsewhere).
     """
 
-    def on_signal(signum: int, frame: Any) -> None:
-        loop.stop()  # wakes a sleeping poll; kept if run() has not started yet
+    def __init__(self, loop: danga.Loop, *, grace: float = 30.0,
+                 signums: Sequence[int] = (signal.SIGINT, signal.SIGTERM)) -> None:
+        self.loop = loop
+        self.grace = grace
+        self.signums = tuple(signums)
+        self.started = False
+        self.clean = True
+        for signum in self.signums:
+            loop.add_signal_handler(signum, self._on_signal)
 
-    old_handlers = {signum: signal.signal(signum, on_signal) for signum in signums}
+    def _on_signal(self) -> None:
+        if self.started:  # the second signal: do not wait
+            self.clean = self.loop.watched_sockets() == 0
+            self.loop.stop()
+            return
+        self.started = True
+        left = drain(self.loop)
+        print(f"shutting down: {left} connection(s) finishing", flush=True)
+        self.loop.add_timer(self.grace, self._expired)
+        self._check()
 
-    def restore() -> None:
-        for signum, handler in old_handlers.items():
-            signal.signal(signum, handler)
+    def _check(self) -> None:
+        if self.loop.watched_sockets() == 0:
+            self.loop.stop()
+        else:
+            self.loop.add_timer(0.02, self._check)
 
-    return restore
+    def _expired(self) -> None:
+        self.clean = self.loop.watched_sockets() == 0
+        self.loop.stop()
+
+    def remove(self) -> None:
+        """Give the signals back to their previous handlers."""
+        for signum in self.signums:
+            self.loop.remove_signal_handler(signum)
 
 
 def close_all(loop: danga.Loop) -> None:
@@ -129,20 +190,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="danga backend (default: DANGA_BACKEND, else automatic)")
     parser.add_argument("--high-water", type=int, default=HIGH_WATER,
                         help=f"pause reading above this many queued bytes ({HIGH_WATER})")
+    parser.add_argument("--grace", type=float, default=30.0,
+                        help="on SIGTERM/SIGINT, wait this long for responses (30s)")
     args = parser.parse_args(argv)
 
     loop = danga.Loop(args.backend)
-    server = EchoServer(socket.create_server((args.host, args.port)), loop=loop,
-                        high_water=args.high_water)
-    restore = stop_on_signals(loop)
+    server = EchoServer.bind((args.host, args.port), loop=loop)
+    server.high_water = args.high_water
+    shutdown = GracefulShutdown(loop, grace=args.grace)
     print(f"listening on {server.local_addr_string()} (backend {loop.backend.name})",
           flush=True)
     try:
         loop.run()
     finally:
-        restore()
+        shutdown.remove()
         close_all(loop)
-    return 0
+    return 0 if shutdown.clean else 1
 
 
 if __name__ == "__main__":

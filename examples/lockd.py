@@ -73,7 +73,7 @@ from urllib.parse import unquote_to_bytes
 
 # The signal wake-up and the shutdown are the echo example's (examples/ is on sys.path
 # when this file runs as a script).
-from echo import close_all, stop_on_signals
+from echo import GracefulShutdown, close_all
 
 import danga
 
@@ -81,6 +81,9 @@ import danga
 MAX_LINE = 4096
 #: Stop reading from a client once this many reply bytes wait in its queue.
 HIGH_WATER = 64 * 1024
+#: How long a connection finishing a graceful shutdown waits for its client to close
+#: after the last reply (nginx's lingering close, shorter).
+LINGER = 2.0
 #: Seconds of silence after which a client is disconnected.
 IDLE_TIMEOUT = 60.0
 
@@ -124,7 +127,8 @@ class LockServer(danga.Listener):
 class LockClient(danga.Socket):
     """One client connection: reads lines, runs commands, holds locks."""
 
-    __slots__ = ("buf", "idle_timer", "last_active", "locks", "paused", "pauses", "server")
+    __slots__ = ("buf", "finishing", "idle_timer", "last_active", "locks", "paused", "pauses",
+                 "server")
 
     def __init__(self, sock: socket.socket, server: LockServer) -> None:
         super().__init__(sock, loop=server.loop)
@@ -133,6 +137,7 @@ class LockClient(danga.Socket):
         self.buf = bytearray()
         self.paused = False
         self.pauses = 0
+        self.finishing = False
         self.last_active = time.monotonic()
         self.idle_timer: danga.Timer | None = self.loop.add_timer(
             server.idle_timeout, self.check_idle)
@@ -143,9 +148,9 @@ class LockClient(danga.Socket):
     def event_read(self) -> None:
         data = self.read(MAX_LINE)
         if data is None:
-            self.close("eof")
+            self.close("shutdown" if self.finishing else "eof")
             return
-        if not data:
+        if not data or self.finishing:  # shutting down: input is read and dropped
             return
         self.last_active = time.monotonic()
         self.buf += data
@@ -242,6 +247,8 @@ class LockClient(danga.Socket):
         self.write(self.resume)  # called once the replies before it are in the kernel
 
     def resume(self) -> None:
+        if self.finishing:  # shutting down: no more commands
+            return
         self.paused = False
         self.watch_read(True)
         self.process_lines()  # lines that arrived before the pause
@@ -264,6 +271,31 @@ class LockClient(danga.Socket):
         if self.server.holders.get(name) is self:
             del self.server.holders[name]
 
+    def finish(self, reason: str = "shutdown") -> None:
+        """Graceful shutdown (echo.drain calls it): answer no more commands, send every
+        queued reply, then half-close and read and drop the client's input until it
+        closes too (at most LINGER seconds). Closing with unread input would make the
+        kernel reset the connection and throw away the replies still in flight."""
+        if self.closed or self.finishing:
+            return
+        self.finishing = True
+        self.paused = True
+        del self.buf[:]
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+        self.idle_timer = self.loop.add_timer(LINGER, self.close, reason)
+        self.watch_read(True)
+        self.write(self.half_close)  # after the replies queued before it
+
+    def half_close(self) -> None:
+        """Every reply is in the kernel: send FIN, keep reading until the client's."""
+        if self.closed:
+            return
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.close("shutdown")
+
     def close(self, reason: str | None = None) -> None:
         """Release every lock this connection holds, stop its timer, then close."""
         if self.closed:
@@ -284,20 +316,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="danga backend (default: DANGA_BACKEND, else automatic)")
     parser.add_argument("--idle-timeout", type=float, default=IDLE_TIMEOUT,
                         help=f"disconnect clients silent this many seconds ({IDLE_TIMEOUT})")
+    parser.add_argument("--grace", type=float, default=30.0,
+                        help="on SIGTERM/SIGINT, wait this long for replies (30s)")
     args = parser.parse_args(argv)
 
     loop = danga.Loop(args.backend)
     server = LockServer(socket.create_server((args.host, args.port)), loop=loop,
                         idle_timeout=args.idle_timeout)
-    restore = stop_on_signals(loop)
+    shutdown = GracefulShutdown(loop, grace=args.grace)
     print(f"listening on {server.local_addr_string()} (backend {loop.backend.name})",
           flush=True)
     try:
         loop.run()
     finally:
-        restore()
+        shutdown.remove()
         close_all(loop)
-    return 0
+    return 0 if shutdown.clean else 1
 
 
 if __name__ == "__main__":

@@ -6,9 +6,10 @@ Run it::
     python examples/proxy.py --to 127.0.0.1:8001 --to 127.0.0.1:8002 --port 8000
     python examples/proxy.py --to 127.0.0.1:8001 --connect-timeout 2 --idle-timeout 30
 
-It prints ``listening on HOST:PORT (backend NAME)`` once ready and exits 0 on SIGINT or
-SIGTERM. Each client gets a connection to one of the ``--to`` servers, chosen round
-robin; bytes flow both ways until either side closes.
+It prints ``listening on HOST:PORT (backend NAME)`` once ready; on SIGINT or SIGTERM
+it stops accepting and exits 0 once its connections are closed. Each client gets a
+connection to one of the ``--to`` servers, chosen round robin; bytes flow both ways
+until either side closes.
 
 What it shows:
 
@@ -36,7 +37,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from echo import close_all, stop_on_signals
+from echo import GracefulShutdown, close_all
 
 import danga
 
@@ -223,6 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="close both sides after this many quiet seconds (300; 0: never)")
     parser.add_argument("--down-for", type=float, default=5.0,
                         help="skip a server whose connect failed for this long (5)")
+    parser.add_argument("--grace", type=float, default=10.0,
+                        help="on SIGTERM/SIGINT, wait this long for responses (10s)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
@@ -230,15 +233,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     proxy = Proxy(socket.create_server((args.host, args.port)), loop=loop,
                   pool=Pool(args.to, args.down_for), connect_timeout=args.connect_timeout,
                   idle=args.idle_timeout or None)
-    restore = stop_on_signals(loop)
+    shutdown = GracefulShutdown(loop, grace=args.grace)
     print(f"listening on {proxy.local_addr_string()} (backend {loop.backend.name})",
           flush=True)
     try:
         loop.run()
     finally:
-        restore()
+        shutdown.remove()
         close_all(loop)
-    return 0
+    return 0 if shutdown.clean else 1
 
 
 if __name__ == "__main__":

@@ -6,8 +6,9 @@ Run it::
     python examples/static_server.py --root ./public            # 127.0.0.1, a free port
     python examples/static_server.py --root . --port 8000 --idle-timeout 30
 
-It prints ``listening on HOST:PORT (backend NAME)`` once ready and exits 0 on SIGINT or
-SIGTERM. It serves GET and HEAD of regular files under ``--root`` (keep-alive,
+It prints ``listening on HOST:PORT (backend NAME)`` once ready; on SIGINT or SIGTERM
+it stops accepting and exits 0 once the responses in flight are sent (``--grace``
+seconds at most). It serves GET and HEAD of regular files under ``--root`` (keep-alive,
 pipelining answered in order, one ``Range: bytes=a-b`` range, 404, 405, 416); a path
 that leaves the root (``..``, a symlink pointing out) is answered 404.
 
@@ -35,7 +36,7 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from echo import close_all, stop_on_signals
+from echo import GracefulShutdown, close_all
 
 import danga
 
@@ -50,7 +51,7 @@ _REASONS = {200: "OK", 206: "Partial Content", 400: "Bad Request", 404: "Not Fou
 class HTTPConnection(danga.Socket):
     """One client: reads requests, answers them in order, one at a time."""
 
-    __slots__ = ("buf", "busy", "root")
+    __slots__ = ("buf", "busy", "closing", "root")
 
     max_idle_time: float | None = 60.0
 
@@ -60,7 +61,16 @@ class HTTPConnection(danga.Socket):
         self.root = root
         self.buf = b""
         self.busy = False  # a response is still being sent: later requests wait
+        self.closing = False  # shutting down: close after the response in flight
         self.watch_read(True)
+
+    def finish(self) -> None:
+        """Graceful shutdown (examples/echo.py's GracefulShutdown): the response in
+        flight is sent whole, then the connection closes."""
+        if self.busy:
+            self.closing = True
+        else:
+            self.close("shutdown")
 
     def event_read(self) -> None:
         data = self.read(65536)
@@ -166,7 +176,7 @@ class HTTPConnection(danga.Socket):
         self.tcp_cork(False)
         if f is not None:
             f.close()
-        if not keep:
+        if not keep or self.closing:
             self.close("done")
             return
         self.busy = False
@@ -219,6 +229,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="danga backend (default: DANGA_BACKEND, else automatic)")
     parser.add_argument("--idle-timeout", type=float, default=60.0,
                         help="close a connection idle this many seconds (60; 0: never)")
+    parser.add_argument("--grace", type=float, default=10.0,
+                        help="on SIGTERM/SIGINT, wait this long for responses (10s)")
     args = parser.parse_args(argv)
     if not os.path.isdir(args.root):
         parser.error(f"--root {args.root!r} is not a directory")
@@ -226,15 +238,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     loop = danga.Loop(args.backend)
     server = StaticServer(socket.create_server((args.host, args.port)), loop=loop,
                           root=args.root, idle=args.idle_timeout or None)
-    restore = stop_on_signals(loop)
+    shutdown = GracefulShutdown(loop, grace=args.grace)
     print(f"listening on {server.local_addr_string()} (backend {loop.backend.name})",
           flush=True)
     try:
         loop.run()
     finally:
-        restore()
+        shutdown.remove()
         close_all(loop)
-    return 0
+    return 0 if shutdown.clean else 1
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ Importing danga is cheap: backends are discovered only when a choice needs them.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .connect import connect
 from .listener import Listener
 from .loop import Loop, get_loop
@@ -36,6 +38,9 @@ from .poller import (
 )
 from .socket import Socket
 from .timers import Timer
+
+if TYPE_CHECKING:
+    from .process import prefork
 
 __version__ = "0.1.0"
 
@@ -57,4 +62,15 @@ __all__ = [
     "__version__",
     "connect",
     "get_loop",
+    "prefork",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # danga.prefork is imported on first use: most programs never fork workers, and
+    # `import danga` stays light (docs/performance.md measures it against asyncio).
+    if name == "prefork":
+        from .process import prefork
+
+        return prefork
+    raise AttributeError(f"module 'danga' has no attribute {name!r}")

@@ -33,12 +33,13 @@ import errno
 import os
 import socket as _socket
 from collections.abc import Callable
-from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, cast
 
 from .poller import ERR, HUP, READ, WRITE
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from .loop import Loop
     from .socket import Socket
     from .timers import Timer

@@ -142,3 +142,138 @@ class Listener(Socket):
             self._paused.cancel()
             self._paused = None
         super().close(reason)
+
+    @classmethod
+    def bind(
+        cls,
+        address: Any,
+        *,
+        loop: Loop | None = None,
+        factory: Callable[..., Any] | None = None,
+        reuse_port: bool = False,
+        backlog: int = 1024,
+        ssl: Any = None,
+    ) -> Listener:
+        """Create, configure, bind and listen on a socket, and return it as a listener.
+
+        *address* is ``(host, port)`` (IPv4 or IPv6; a host name is resolved, ``""`` or
+        None means every address), an IPv6 4-tuple, or an AF_UNIX path (``str``,
+        ``bytes`` or ``os.PathLike``; a stale socket file at that path is removed first).
+        TCP sockets get ``SO_REUSEADDR`` (except on Windows, where it means something
+        else). ``reuse_port=True`` adds ``SO_REUSEPORT`` (``SO_REUSEPORT_LB`` on
+        FreeBSD, the one that balances), so that several processes can each bind the
+        same address and the kernel spreads the connections between them.
+
+        Inside a :func:`danga.prefork` worker the bind goes through the master (see
+        docs/processes.md): with a shared listener the worker gets the master's socket,
+        and port 0 means one port, the same in every worker.
+
+        ``ssl`` is reserved for TLS, which this version of danga does not have yet: only
+        None is accepted. The class is called as ``cls(sock, loop=loop)``, plus
+        ``factory=factory`` when a factory is given (so a subclass whose constructor
+        takes no factory works).
+
+        Raises:
+            TypeError: *address*, *backlog* or *reuse_port* has the wrong type.
+            ValueError: *ssl* is not None (TLS is not available yet), *backlog* is
+                negative, or ``reuse_port=True`` where it cannot be had (AF_UNIX, or a
+                platform without SO_REUSEPORT).
+            OSError: resolving, binding or listening failed (e.g. EADDRINUSE).
+        """
+        if ssl is not None:
+            raise ValueError("Listener.bind(ssl=...): TLS is not available in this version "
+                             "of danga yet; pass ssl=None")
+        if isinstance(backlog, bool) or not isinstance(backlog, int):
+            raise TypeError(f"Listener.bind(backlog=...) takes an int, "
+                            f"not {type(backlog).__name__}")
+        if backlog < 0:
+            raise ValueError(f"Listener.bind(backlog=...) must be >= 0, not {backlog}")
+        if not isinstance(reuse_port, bool):
+            raise TypeError(f"Listener.bind(reuse_port=...) takes True or False, "
+                            f"not {type(reuse_port).__name__}")
+        # A prefork worker asks its master (one shared socket, or one port for port 0).
+        from .process import bind_in_worker
+
+        sock = bind_in_worker(address, reuse_port=reuse_port, backlog=backlog)
+        if sock is None:
+            sock = cls.listening_socket(address, reuse_port=reuse_port, backlog=backlog)
+        try:
+            if factory is None:
+                return cls(sock, loop=loop)
+            return cls(sock, loop=loop, factory=factory)
+        except BaseException:
+            sock.close()
+            raise
+
+    @staticmethod
+    def listening_socket(address: Any, *, reuse_port: bool = False, backlog: int = 1024,
+                         listen: bool = True) -> _socket.socket:
+        """The plain listening socket :meth:`bind` makes (non-blocking), for callers that
+        want the socket without a Listener (a prefork master binds with it).
+        ``listen=False`` leaves it bound only (it then receives no connection).
+
+        Raises:
+            TypeError, ValueError, OSError: as :meth:`bind`.
+        """
+        import os
+        import stat
+        import sys
+
+        if isinstance(address, (str, bytes, os.PathLike)):
+            if reuse_port:
+                raise ValueError("Listener.bind(reuse_port=True) needs a TCP address; "
+                                 f"{address!r} is an AF_UNIX path")
+            family: int = _socket.AF_UNIX
+            path = os.fspath(address)
+            target: Any = path
+            if path and path[:1] not in ("\0", b"\0"):  # not Linux's abstract namespace
+                try:
+                    if stat.S_ISSOCK(os.stat(path).st_mode):
+                        os.unlink(path)  # a stale socket left by an earlier run
+                except FileNotFoundError:
+                    pass
+        elif isinstance(address, tuple) and len(address) in (2, 4):
+            host, port = address[0], address[1]
+            if isinstance(port, bool) or not isinstance(port, int):
+                raise TypeError(f"Listener.bind(address): the port must be an int, "
+                                f"not {type(port).__name__}")
+            infos = _socket.getaddrinfo(host or None, port, _socket.AF_UNSPEC,
+                                        _socket.SOCK_STREAM, 0, _socket.AI_PASSIVE)
+            family, _, _, _, target = infos[0]
+            if len(address) == 4 and family == _socket.AF_INET6:
+                target = (target[0], port, address[2], address[3])
+        else:
+            raise TypeError("Listener.bind(address) takes (host, port), an IPv6 4-tuple or "
+                            f"an AF_UNIX path, not {address!r}")
+        sock = _socket.socket(family, _socket.SOCK_STREAM)
+        try:
+            if family != _socket.AF_UNIX:
+                if sys.platform != "win32":
+                    sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+                if reuse_port:
+                    sock.setsockopt(_socket.SOL_SOCKET, _reuse_port_option(), 1)
+            sock.bind(target)
+            if listen:
+                sock.listen(backlog)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+
+def _reuse_port_option() -> int:
+    """The socket option that makes the kernel balance connections between listeners.
+
+    Raises:
+        ValueError: this platform has no SO_REUSEPORT.
+    """
+    import sys
+
+    if sys.platform.startswith("freebsd"):
+        # FreeBSD's plain SO_REUSEPORT lets sockets share the port without balancing.
+        return int(getattr(_socket, "SO_REUSEPORT_LB", 0x10000))
+    option = getattr(_socket, "SO_REUSEPORT", None)
+    if option is None:
+        raise ValueError("Listener.bind(reuse_port=True): this platform has no SO_REUSEPORT")
+    return int(option)

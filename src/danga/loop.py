@@ -23,7 +23,6 @@ import threading
 import weakref
 from collections import deque
 from collections.abc import Callable, Mapping
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +33,8 @@ from .poller import ERR, HUP, READ, WRITE, clamp_timeout
 from .timers import Timer, TimerHeap
 
 if TYPE_CHECKING:
+    from concurrent.futures import Executor, Future
+
     from ._signals import SignalHandlers
     from .poller import Poller
     from .socket import Socket
@@ -598,6 +599,8 @@ class Loop:
             _check_callable(callback, "run_in_thread(): callback")
         executor = self._executor
         if executor is None:
+            from concurrent.futures import ThreadPoolExecutor  # on first use: light import
+
             executor = self._executor = ThreadPoolExecutor(thread_name_prefix="danga")
             self._own_executor = True
         future = executor.submit(func, *args)
@@ -619,6 +622,8 @@ class Loop:
             TypeError: *executor* is not a ``concurrent.futures.Executor``.
             RuntimeError: the loop is closed.
         """
+        from concurrent.futures import Executor
+
         self._check_open()
         if not isinstance(executor, Executor):
             raise TypeError(f"set_default_executor() takes a concurrent.futures.Executor, "

@@ -1,6 +1,7 @@
 """System calls per round trip, measured with ``strace -c`` on a server in steady state.
 
-The server runs ping-pong 64 B over 10 connections; once it is warm, strace attaches,
+The server is warmed (a connection that echoes and closes, see harness.warm_up) and
+runs ping-pong 64 B over 10 connections; once it is going, strace attaches,
 the load generator is asked (SIGUSR1) for its round-trip count at the start and the end
 of the window, and strace's summary is divided by the round trips in between. strace
 slows the server down a lot; the counts per round trip are what matters, and whether
@@ -20,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness import Server, ServerProcess, Settings, _pin
+from .harness import Server, ServerProcess, Settings, pin
 
 _ROW = re.compile(r"^\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:(\d+)\s+)?(\w+)\s*$")
 
@@ -53,13 +54,14 @@ def measure(server: Server, st: Settings, loadgen: list[str], window: float = 2.
     strace = shutil.which("strace")
     if strace is None:
         raise RuntimeError("strace is not installed")
-    with ServerProcess(server, st.server_cpu) as srv, tempfile.TemporaryDirectory() as tmp:
+    with ServerProcess(server, st.server_cpu, warm=st.warm) as srv, \
+            tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "strace.txt"
         gen = subprocess.Popen(
             [*loadgen, "--port", str(srv.port), "--conns", str(conns), "--size", "64",
              "--warmup", "0.5", "--duration", str(window + 30), "--server-pid", str(srv.pid)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            preexec_fn=_pin(st.client_cpu))
+            preexec_fn=pin(st.client_cpu))  # noqa: PLW1509 (see harness.pin)
         try:
             time.sleep(1.0)  # warm: connections accepted, interest settled
             tr = subprocess.Popen([strace, "-c", "-f", "-o", str(out), "-p", str(srv.pid)],

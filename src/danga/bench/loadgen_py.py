@@ -18,6 +18,7 @@ import socket
 import struct
 import sys
 import time
+from typing import Any
 
 PERIOD = 65521
 CHUNK = 65536
@@ -86,7 +87,7 @@ def main() -> int:
         conns.append(st)
         sel.register(s, selectors.EVENT_READ, st)
 
-    def pump(st: list) -> None:
+    def pump(st: list[Any]) -> None:
         s, sent, recvd, off, want_out = st
         allowed = (recvd // size) * size + depth * size
         while sent < allowed:

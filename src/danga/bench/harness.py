@@ -1,15 +1,18 @@
-"""The benchmark harness: servers side by side, interleaved rounds, ratios.
+"""The benchmark harness: servers side by side, warmed, interleaved rounds, ratios.
 
-Used by ``python benchmarks/run.py`` (the full run) and ``danga bench`` (a short one).
-Each measurement point starts a fresh server process pinned to one core, runs the load
-generator pinned to another, and reads the server's CPU from its own kernel accounting
+Used by ``danga bench`` (a short run) and ``python benchmarks/run.py`` (the full one).
+Each measurement point starts a fresh server process pinned to one core, warms it with
+one connection that echoes and closes (:func:`warm_up`), runs the load generator pinned
+to another core, and reads the server's CPU from its own kernel accounting
 (/proc/PID/stat). Points are run in interleaved rounds (A B C A B C ...) so that the
 noise of a shared machine spreads over every server alike; results are medians with
-min-max, and ratios are taken between servers of the same run.
+min-max, and ratios are taken between servers of the same round.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import json
 import os
 import platform
@@ -17,9 +20,11 @@ import resource
 import select
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,30 +32,46 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-BIN = HERE / "bin"
 SERVERS_DIR = HERE / "servers"
-RESULTS = HERE / "results"
 PY = sys.executable
 
 
 # -- building ------------------------------------------------------------------------------
 
+def cache_dir() -> Path:
+    """Where the compiled C parts go: a per-user cache, never the installed package."""
+    base = os.environ.get("XDG_CACHE_HOME", "").strip()
+    path = Path(base) if base else Path.home() / ".cache"
+    path = path / "danga-bench"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if os.access(path, os.W_OK):
+            return path
+    except OSError:
+        pass
+    path = Path(tempfile.gettempdir()) / f"danga-bench-{os.getuid()}"
+    path.mkdir(exist_ok=True)
+    return path
+
+
 def build(name: str, source: Path) -> tuple[Path | None, str]:
-    """Compile *source* into bin/*name* with the system cc when it is out of date.
+    """Compile *source* with the system cc, once per version of the source.
 
     Returns (path or None, note).
     """
     cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    out = BIN / name
-    if out.exists() and out.stat().st_mtime >= source.stat().st_mtime:
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:12]
+    out = cache_dir() / f"{name}-{digest}"
+    if out.exists():
         return out, "built"
     if cc is None:
         return None, "no C compiler (cc) found"
-    BIN.mkdir(exist_ok=True)
-    proc = subprocess.run([cc, "-O2", "-o", str(out), str(source)],
+    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
+    proc = subprocess.run([cc, "-O2", "-o", str(tmp), str(source)],
                           capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         return None, f"cc failed: {proc.stderr.strip()[:200]}"
+    tmp.replace(out)
     return out, "built"
 
 
@@ -68,7 +89,7 @@ def loadgen_command() -> tuple[list[str], str]:
 class Server:
     name: str
     command: list[str]
-    note: str = ""
+    version: str = ""
     max_fds: int | None = None  # select: FD_SETSIZE
 
 
@@ -81,26 +102,63 @@ def _danga_backends() -> list[str]:
         return []
 
 
+def _dist_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _first_line(cmd: list[str]) -> str:
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    lines = (proc.stdout or proc.stderr).strip().splitlines()
+    return lines[0].strip() if lines else ""
+
+
+def danga_version() -> str:
+    """danga's version, and the git commit of its source tree when it is a checkout."""
+    import danga
+
+    version = f"danga {_dist_version('danga') or '?'}"
+    src = Path(danga.__file__).resolve().parent
+    git = shutil.which("git")
+    if git is not None:
+        commit = _first_line([git, "-C", str(src), "rev-parse", "--short", "HEAD"])
+        dirty = _first_line([git, "-C", str(src), "status", "--porcelain", "--", str(src)])
+        if commit and all(c in "0123456789abcdef" for c in commit):
+            version += f" (git {commit}{', modified' if dirty else ''})"
+    return version + ", pure Python"
+
+
 def discover_servers() -> tuple[list[Server], dict[str, str]]:
     """Every server that can run here, and a note for each one that cannot."""
     servers: list[Server] = []
     skipped: dict[str, str] = {}
+    pyv = f"CPython {platform.python_version()}" if platform.python_implementation() == \
+        "CPython" else f"{platform.python_implementation()} {platform.python_version()}"
+    dv = f"{danga_version()} on {pyv}"
     for backend in _danga_backends():
         servers.append(Server(f"danga-{backend}",
                               [PY, str(SERVERS_DIR / "danga_echo.py"), "--backend", backend],
-                              max_fds=1024 if backend == "select" else None))
-    servers.append(Server("asyncio", [PY, str(SERVERS_DIR / "asyncio_echo.py")]))
-    try:
-        import uvloop  # noqa: F401
-
-        servers.append(Server("uvloop", [PY, str(SERVERS_DIR / "asyncio_echo.py"), "--uvloop"]))
-    except ImportError:
-        skipped["uvloop"] = "uvloop is not installed (pip install 'danga[bench]')"
+                              dv, max_fds=1024 if backend == "select" else None))
+    echo = [PY, str(SERVERS_DIR / "asyncio_echo.py"), "--loop"]
+    servers.append(Server("asyncio", [*echo, "asyncio"], f"asyncio of {pyv}"))
+    for loop in ("uvloop", "rloop"):
+        version = _dist_version(loop)
+        if version is None:
+            skipped[loop] = f"{loop} is not installed (pip install 'danga[bench]')"
+        else:
+            servers.append(Server(loop, [*echo, loop], f"{loop} {version} on {pyv}"))
     if hasattr(select, "epoll"):
-        servers.append(Server("epoll-raw", [PY, str(SERVERS_DIR / "epoll_echo.py")]))
+        servers.append(Server("epoll-raw", [PY, str(SERVERS_DIR / "epoll_echo.py")],
+                              f"select.epoll of {pyv}"))
         path, note = build("c_echo", SERVERS_DIR / "c_echo.c")
         if path is not None:
-            servers.append(Server("c-epoll", [str(path)]))
+            cc = _first_line([shutil.which("cc") or "cc", "--version"])
+            servers.append(Server("c-epoll", [str(path)], f"C, {cc} -O2"))
         else:
             skipped["c-epoll"] = note
     else:
@@ -109,10 +167,11 @@ def discover_servers() -> tuple[list[Server], dict[str, str]]:
     if perl is None:
         skipped["perl-danga"] = "perl is not installed"
     else:
-        ok = subprocess.run([perl, "-MDanga::Socket", "-e", "1"], capture_output=True,
-                            check=False).returncode == 0
-        if ok:
-            servers.append(Server("perl-danga", [perl, str(SERVERS_DIR / "perl_echo.pl")]))
+        version = _first_line([perl, "-MDanga::Socket", "-e",
+                               'print "Danga::Socket $Danga::Socket::VERSION on perl $^V\n"'])
+        if version.startswith("Danga::Socket"):
+            servers.append(Server("perl-danga", [perl, str(SERVERS_DIR / "perl_echo.pl")],
+                                  version))
         else:
             skipped["perl-danga"] = ("Danga::Socket is not installed "
                                      "(apt-get install libdanga-socket-perl)")
@@ -167,23 +226,78 @@ def cpus() -> list[int]:
         return []
 
 
-def _pin(cpu: int | None) -> Callable[[], None] | None:
+def pin(cpu: int | None) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that pins the child to *cpu* (None: no pinning).
+
+    The harness starts no threads, so a ``preexec_fn`` is safe here; pinning before exec
+    keeps the child's first instructions on its core too.
+    """
     if cpu is None:
         return None
 
-    def pin() -> None:
+    def pin_child() -> None:
         os.sched_setaffinity(0, {cpu})
 
-    return pin
+    return pin_child
+
+
+def _fd_count(pid: int) -> int | None:
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return None
+
+
+def warm_up(port: int, pid: int, timeout: float = 10.0, close_wait: float = 1.0) -> bool:
+    """Bring a fresh server to its steady state: one connection echoes 64 bytes and closes.
+
+    A server that has never seen a connection close is not in the state it runs in for
+    the rest of its life. asyncio (and any server reading into a large buffer) shows it
+    most: glibc serves each 256 KiB ``recv`` buffer with ``mmap`` and shrinks it with
+    ``mremap`` -- three extra system calls a read -- until a large chunk is freed
+    unshrunk, which raises glibc's dynamic mmap threshold; that happens when a ``recv``
+    returns nothing, i.e. as soon as a peer closes. Where /proc is available, the call
+    waits (up to *close_wait* seconds) until the server has closed its side (its fd
+    count drops) and returns whether it did; rloop 0.5 keeps the socket of a closed
+    connection open.
+
+    Raises RuntimeError when the echo is wrong, OSError when the server cannot be reached.
+    """
+    message = b"warm-up " * 8
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(message)
+        got = b""
+        while len(got) < len(message):
+            chunk = sock.recv(len(message) - len(got))
+            if not chunk:
+                break
+            got += chunk
+        if got != message:
+            raise RuntimeError(f"warm_up(): the server echoed {got!r}, not {message!r}")
+        held = _fd_count(pid)  # the server holds the connection now
+    if held is None:
+        return False
+    deadline = time.monotonic() + close_wait
+    while (n := _fd_count(pid)) is not None and n >= held:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.002)
+    return True
 
 
 class ServerProcess:
-    """A running server: ``with ServerProcess(server, cpu) as s: s.port, s.pid``."""
+    """A running, warmed server: ``with ServerProcess(server, cpu) as s: s.port, s.pid``.
 
-    def __init__(self, server: Server, cpu: int | None, timeout: float = 15.0) -> None:
+    ``warm=False`` leaves the server cold (``--cold``: only to show that state).
+    """
+
+    def __init__(self, server: Server, cpu: int | None, timeout: float = 15.0,
+                 warm: bool = True) -> None:
         self.server = server
         self.proc = subprocess.Popen([*server.command, "--port", "0"], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, preexec_fn=_pin(cpu))
+                                     stderr=subprocess.PIPE,
+                                     preexec_fn=pin(cpu))  # noqa: PLW1509 (see pin)
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout
         line = b""
@@ -201,6 +315,13 @@ class ServerProcess:
             line += chunk
         self.port = int(line.split()[1])
         self.pid = self.proc.pid
+        self.warm_closed: bool | None = None
+        if warm:
+            try:
+                self.warm_closed = warm_up(self.port, self.pid)
+            except (OSError, RuntimeError) as exc:
+                self.stop()
+                raise RuntimeError(f"{server.name}: {exc}") from exc
 
     def stop(self) -> str:
         """Stop the server; returns what it wrote on stderr (its errors, if any)."""
@@ -231,14 +352,19 @@ class Settings:
     rounds: int = 3
     server_cpu: int | None = None
     client_cpu: int | None = None
+    #: False: skip the warm-up connection, to see a server's cold state (never a figure).
+    warm: bool = True
 
 
 def run_point(server: Server, wl: Workload, st: Settings, loadgen: list[str]) -> dict[str, Any]:
-    """One measurement: a fresh server, one load-generator run. Raises RuntimeError."""
+    """One measurement: a fresh, warmed server, one load-generator run.
+
+    Raises RuntimeError.
+    """
     # Accepting thousands of idle connections keeps a slow server busy for a while after
     # the last one is in: give the warm-up after them more time.
     warmup = st.warmup + 1.0 if wl.idle else st.warmup
-    with ServerProcess(server, st.server_cpu) as srv:
+    with ServerProcess(server, st.server_cpu, warm=st.warm) as srv:
         cmd = [
             *loadgen, "--port", str(srv.port), "--conns", str(wl.conns),
             "--size", str(wl.size), "--pipeline", str(wl.pipeline), "--idle", str(wl.idle),
@@ -247,16 +373,18 @@ def run_point(server: Server, wl: Workload, st: Settings, loadgen: list[str]) ->
         ]
         limit = 90 + warmup + st.duration
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=limit,
-                              preexec_fn=_pin(st.client_cpu), check=False)
+                              preexec_fn=pin(st.client_cpu), check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"loadgen failed ({proc.returncode}) against {server.name} "
                            f"{wl.key}: {proc.stderr.strip()[-300:]}")
     result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["warm_closed"] = srv.warm_closed
     if wl.idle and not result["idle_ok"]:
         raise RuntimeError(f"{server.name} did not accept all {wl.idle} idle connections")
     msgs = max(result["messages"], 1)
     result["value"] = result["bytes_per_s"] / 1e6 if wl.unit == "MB/s" else result["rt_per_s"]
     result["server_user_us_per_rt"] = result["server_user"] / msgs * 1e6
+    result["server_sys_us_per_rt"] = result["server_sys"] / msgs * 1e6
     result["server_cpu_us_per_rt"] = (result["server_user"] + result["server_sys"]) / msgs * 1e6
     result["client_cpu_frac"] = (result["client_user"] + result["client_sys"]) / result["seconds"]
     if wl.idle:
@@ -270,7 +398,7 @@ def run_timer_point(impl: str, mode: str, n: int, cpu: int | None) -> float:
     """Seconds for *n* timers in *mode* on *impl*. Raises RuntimeError."""
     proc = subprocess.run([PY, str(HERE / "timers_bench.py"), "--impl", impl, "--mode", mode,
                            "--n", str(n)], capture_output=True, text=True, timeout=120,
-                          preexec_fn=_pin(cpu), check=False)
+                          preexec_fn=pin(cpu), check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"timers {impl} {mode} failed: {proc.stderr.strip()[-300:]}")
     return float(json.loads(proc.stdout)["seconds"])
@@ -314,8 +442,8 @@ def execute(run: Run, progress: Progress | None = None, timers: bool = True) -> 
     """Run every point, interleaved by round. Errors are recorded, not raised."""
     st = run.settings
     points, run.not_run = plan(run.servers, run.workloads)
-    timer_impls = ["danga", "asyncio"] + (["uvloop"] if any(s.name == "uvloop"
-                                                            for s in run.servers) else [])
+    names = {s.name for s in run.servers}
+    timer_impls = ["danga", "asyncio"] + [x for x in ("uvloop", "rloop") if x in names]
     timer_points = [(i, m) for m in ("fire", "cancel") for i in timer_impls] if timers else []
     total = st.rounds * (len(points) + len(timer_points))
     done = 0
@@ -326,6 +454,7 @@ def execute(run: Run, progress: Progress | None = None, timers: bool = True) -> 
                 progress(done, total, label)
             try:
                 res = run_point(srv, wl, st, run.loadgen)
+                res["round"] = rnd
                 run.samples.setdefault(wl.key, {}).setdefault(srv.name, []).append(res)
             except (RuntimeError, subprocess.TimeoutExpired, ValueError) as exc:
                 run.errors.append(f"round {rnd + 1}: {exc}")
@@ -360,259 +489,81 @@ def new_run(settings: Settings, workloads: list[Workload] | None = None,
 
 # -- summarising ---------------------------------------------------------------------------
 
-def _stats(values: list[float]) -> dict[str, float]:
+#: Per-point figures: throughput (value), the server's CPU per round trip (user, system
+#: and both, µs) and the load generator's CPU (a fraction of its core).
+METRICS = ("value", "server_user_us_per_rt", "server_sys_us_per_rt", "server_cpu_us_per_rt",
+           "client_cpu_frac")
+
+
+def stats(values: list[float]) -> dict[str, float]:
+    """Median, min, max and count of *values* (not empty)."""
     return {"median": statistics.median(values), "min": min(values), "max": max(values),
             "n": len(values)}
 
 
 def summarise(run: Run) -> dict[str, Any]:
-    """The JSON document: settings, per-point medians with min-max, ratios, targets."""
+    """The JSON document: settings, versions, per-point medians with min-max and the
+    per-round figures (for ratios within a round)."""
     st = run.settings
     doc: dict[str, Any] = {
         "machine": {"python": platform.python_version(), "platform": platform.platform(),
                     "cpus": len(cpus()), "server_cpu": st.server_cpu,
                     "client_cpu": st.client_cpu},
-        "settings": {"warmup": st.warmup, "duration": st.duration, "rounds": st.rounds},
+        "settings": {"warmup": st.warmup, "duration": st.duration, "rounds": st.rounds,
+                     "warm_up_connection": st.warm},
         "loadgen": run.loadgen_kind,
         "servers": [s.name for s in run.servers],
+        "versions": {s.name: s.version for s in run.servers},
         "skipped": run.skipped,
         "not_run": run.not_run,
         "errors": run.errors,
         "workloads": {},
         "timers": {},
+        "timer_n": run.timer_n,
         "syscalls": run.syscalls,
     }
     for wl in run.workloads:
         per = run.samples.get(wl.key, {})
         entry: dict[str, Any] = {"title": wl.title, "unit": wl.unit, "servers": {}}
         for name, samples in per.items():
-            s: dict[str, Any] = {
-                "value": _stats([x["value"] for x in samples]),
-                "server_user_us_per_rt": _stats([x["server_user_us_per_rt"] for x in samples]),
-                "server_cpu_us_per_rt": _stats([x["server_cpu_us_per_rt"] for x in samples]),
-                "client_cpu_frac": _stats([x["client_cpu_frac"] for x in samples]),
-            }
+            s: dict[str, Any] = {m: stats([x[m] for x in samples]) for m in METRICS}
             if wl.idle:
-                s["bytes_per_idle"] = _stats([x["bytes_per_idle"] for x in samples])
+                s["bytes_per_idle"] = stats([x["bytes_per_idle"] for x in samples])
+            s["rounds"] = [{"round": x["round"], **{m: x[m] for m in METRICS}}
+                           for x in samples]
             entry["servers"][name] = s
         doc["workloads"][wl.key] = entry
+    # Servers that did not close the warm-up connection within a second (they were
+    # still warmed: they read its end).
+    doc["warm_not_closed"] = sorted({name for per in run.samples.values()
+                                     for name, samples in per.items()
+                                     if any(x.get("warm_closed") is False for x in samples)})
     for mode, per_impl in run.timers.items():
-        doc["timers"][mode] = {impl: {**_stats([run.timer_n / t for t in times]),
+        doc["timers"][mode] = {impl: {**stats([run.timer_n / t for t in times]),
                                       "unit": "timers/s"}
                                for impl, times in per_impl.items()}
-    doc["targets"] = targets(doc)
     return doc
 
 
-def _median(doc: dict[str, Any], wl: str, server: str, metric: str = "value") -> float | None:
+def median(doc: dict[str, Any], wl: str, server: str, metric: str = "value") -> float | None:
+    """The median of *metric* for *server* on workload *wl*, or None when not measured."""
     try:
         return float(doc["workloads"][wl]["servers"][server][metric]["median"])
     except KeyError:
         return None
 
 
-def ratio(doc: dict[str, Any], wl: str, a: str, b: str, metric: str = "value") -> float | None:
-    x, y = _median(doc, wl, a, metric), _median(doc, wl, b, metric)
-    if x is None or y is None or y == 0:
-        return None
-    return x / y
-
-
-def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issue's targets (danga on epoll), each with its measured ratio and verdict."""
-    d = "danga-epoll"
-    rows: list[dict[str, Any]] = []
-
-    def add(what: str, value: float | None, op: str, bound: float) -> None:
-        ok = None if value is None else (value >= bound if op == ">=" else value <= bound)
-        rows.append({"target": what, "value": value, "op": op, "bound": bound, "ok": ok})
-
-    add("pp64x10 vs asyncio", ratio(doc, "pp64x10", d, "asyncio"), ">=", 1.4)
-    add("pp64x10 vs c-epoll", ratio(doc, "pp64x10", d, "c-epoll"), ">=", 0.95)
-    add("pp64x100 vs asyncio", ratio(doc, "pp64x100", d, "asyncio"), ">=", 1.25)
-    add("pp64x100 vs uvloop", ratio(doc, "pp64x100", d, "uvloop"), ">=", 1.0)
-    add("pipelined vs asyncio", ratio(doc, "pipe64x10x16", d, "asyncio"), ">=", 1.35)
-    add("pipelined vs uvloop", ratio(doc, "pipe64x10x16", d, "uvloop"), ">=", 1.1)
-    add("64 KiB vs asyncio", ratio(doc, "pp64kx10", d, "asyncio"), ">=", 1.05)
-    add("64 KiB vs uvloop", ratio(doc, "pp64kx10", d, "uvloop"), ">=", 0.95)
-    cpu = "server_user_us_per_rt"
-    add("user CPU/rt (pp64x10) vs asyncio", ratio(doc, "pp64x10", d, "asyncio", cpu), "<=", 0.45)
-    add("user CPU/rt (pp64x10) vs epoll-raw", ratio(doc, "pp64x10", d, "epoll-raw", cpu),
-        "<=", 1.1)
-    sc = doc.get("syscalls", {}).get(d)
-    add("syscalls per round trip", sc.get("per_rt") if sc else None, "<=", 2.15)
-    add("epoll_ctl calls in the steady state", float(sc["epoll_ctl"]) if sc else None, "<=", 0)
-    idle0, idle10k = _median(doc, "pp64x10", d), _median(doc, "idle10000", d)
-    add("throughput with 10,000 idle / with 0 idle",
-        idle10k / idle0 if idle0 and idle10k else None, ">=", 0.95)
-    add("bytes per idle connection", _median(doc, "idle10000", d, "bytes_per_idle"), "<=", 500)
-    for mode, bound in (("fire", 3.0), ("cancel", 2.0)):
-        t = doc.get("timers", {}).get(mode, {})
-        r = (t["danga"]["median"] / t["asyncio"]["median"]) if "danga" in t and "asyncio" in t \
-            else None
-        add(f"timers {mode} vs asyncio", r, ">=", bound)
-    perl = [ratio(doc, wl, d, "perl-danga") for wl in doc["workloads"]]
-    perl_known = [r for r in perl if r is not None]
-    add("worst ratio to perl Danga::Socket over all workloads",
-        min(perl_known) if perl_known else None, ">=", 1.0)
-    return rows
-
-
-# -- output --------------------------------------------------------------------------------
-
-def _fmt(v: float) -> str:
-    if v >= 100_000:
-        return f"{v / 1000:.0f}k"
-    if v >= 10_000:
-        return f"{v / 1000:.1f}k"
-    if v >= 100:
-        return f"{v:.0f}"
-    return f"{v:.2f}" if v < 10 else f"{v:.1f}"
-
-
-def table(doc: dict[str, Any]) -> str:
-    """The terminal (and Markdown) tables."""
-    servers = list(doc["servers"])
-    out: list[str] = []
-    note = ""
-    if doc["loadgen"] != "c":
-        note = " (PYTHON FALLBACK load generator: figures are floors)"
-    st = doc["settings"]
-    out.append(f"Throughput, median (min-max) of {st['rounds']} interleaved rounds, "
-               f"{st['duration']} s each{note}")
-    out.append("")
-    head = "| workload | " + " | ".join(servers) + " |"
-    out += [head, "|" + "---|" * (len(servers) + 1)]
-    for wl in doc["workloads"].values():
-        cells = []
-        for s in servers:
-            v = wl["servers"].get(s)
-            if v is None:
-                cells.append("n/a")
-                continue
-            x = v["value"]
-            cells.append(f"{_fmt(x['median'])} ({_fmt(x['min'])}-{_fmt(x['max'])})")
-        out.append(f"| {wl['title']} [{wl['unit']}] | " + " | ".join(cells) + " |")
-    out.append("")
-    out.append("Ratios of danga-epoll's median to each peer's median (same run)")
-    out.append("")
-    peers = [s for s in servers if s != "danga-epoll"]
-    out += ["| workload | " + " | ".join(f"/ {p}" for p in peers) + " |",
-            "|" + "---|" * (len(peers) + 1)]
-    for key, wl in doc["workloads"].items():
-        cells = []
-        for p in peers:
-            r = ratio(doc, key, "danga-epoll", p)
-            cells.append("n/a" if r is None else f"{r:.2f}x")
-        out.append(f"| {wl['title']} | " + " | ".join(cells) + " |")
-    out.append("")
-    out.append("Server CPU per round trip, µs (user / user+sys), ping-pong 64 B x 10, and "
-               "client CPU (fraction of a core: near 1.0 means the figure is a floor)")
-    out.append("")
-    out += ["| server | user µs/rt | user+sys µs/rt | client CPU |", "|---|---|---|---|"]
-    pp = doc["workloads"].get("pp64x10", {}).get("servers", {})
-    for s in servers:
-        v = pp.get(s)
-        if v:
-            out.append(f"| {s} | {v['server_user_us_per_rt']['median']:.2f} | "
-                       f"{v['server_cpu_us_per_rt']['median']:.2f} | "
-                       f"{v['client_cpu_frac']['median']:.2f} |")
-    idle = doc["workloads"].get("idle10000", {}).get("servers", {})
-    if idle:
-        out.append("")
-        out.append("Memory per idle connection (server RSS delta for 10,000 idle), bytes")
-        out.append("")
-        out += ["| server | bytes/conn (min-max) |", "|---|---|"]
-        for s in servers:
-            v = idle.get(s)
-            if v:
-                b = v["bytes_per_idle"]
-                out.append(f"| {s} | {b['median']:.0f} ({b['min']:.0f}-{b['max']:.0f}) |")
-    if doc["timers"]:
-        out.append("")
-        out.append("Timers, 100k each, timers/s median (min-max)")
-        out.append("")
-        impls = sorted({i for m in doc["timers"].values() for i in m})
-        out += ["| mode | " + " | ".join(impls) + " | danga / asyncio |",
-                "|" + "---|" * (len(impls) + 2)]
-        for mode, per in doc["timers"].items():
-            cells = [f"{_fmt(per[i]['median'])} ({_fmt(per[i]['min'])}-{_fmt(per[i]['max'])})"
-                     if i in per else "n/a" for i in impls]
-            r = per["danga"]["median"] / per["asyncio"]["median"] \
-                if "danga" in per and "asyncio" in per else None
-            rtxt = "n/a" if r is None else f"{r:.2f}x"
-            out.append(f"| {mode} | " + " | ".join(cells) + f" | {rtxt} |")
-    if doc["syscalls"]:
-        out.append("")
-        out.append("System calls per round trip (strace -c on the server, steady window, "
-                   "ping-pong 64 B x 10)")
-        out.append("")
-        out += ["| server | syscalls/rt | epoll_ctl | top calls |", "|---|---|---|---|"]
-        for s, v in doc["syscalls"].items():
-            if "error" in v:
-                out.append(f"| {s} | n/a | n/a | {v['error']} |")
-                continue
-            top = ", ".join(f"{k} {c / v['rts']:.2f}" for k, c in
-                            sorted(v["calls"].items(), key=lambda kv: -kv[1])[:4])
-            out.append(f"| {s} | {v['per_rt']:.2f} | {v['epoll_ctl']} | {top} |")
-    out.append("")
-    out.append("Targets (danga on epoll)")
-    out.append("")
-    out += ["| target | measured | bound | holds |", "|---|---|---|---|"]
-    for t in doc["targets"]:
-        v = "n/a" if t["value"] is None else f"{t['value']:.3g}"
-        ok = "not measured" if t["ok"] is None else ("yes" if t["ok"] else "**no**")
-        out.append(f"| {t['target']} | {v} | {t['op']} {t['bound']:g} | {ok} |")
-    extra = []
-    for name, why in doc["skipped"].items():
-        extra.append(f"- skipped {name}: {why}")
-    for name, why in doc["not_run"].items():
-        extra.append(f"- not run {name}: {why}")
-    for err in doc["errors"]:
-        extra.append(f"- error: {err}")
-    if extra:
-        out.append("")
-        out += extra
-    return "\n".join(out)
-
-
-def chart(doc: dict[str, Any], path: Path) -> str | None:
-    """A PNG of throughput by server and workload; returns a note when matplotlib is absent."""
+def ratio(doc: dict[str, Any], wl: str, a: str, b: str,
+          metric: str = "value") -> dict[str, float] | None:
+    """*a*'s *metric* divided by *b*'s, round by round: median, min and max over the rounds
+    both were measured in; None when there is no such round."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "matplotlib is not installed (pip install 'danga[bench]'): no chart"
-    wls = [(k, w) for k, w in doc["workloads"].items() if w["servers"]]
-    if not wls:
-        return "nothing measured: no chart"
-    servers = doc["servers"]
-    cols = 4
-    rows = (len(wls) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
-    colours = plt.get_cmap("tab10")
-    for ax, (_key, wl) in zip(axes.flat, wls, strict=False):
-        names = [s for s in servers if s in wl["servers"]]
-        med = [wl["servers"][s]["value"]["median"] for s in names]
-        lo = [m - wl["servers"][s]["value"]["min"] for s, m in zip(names, med, strict=False)]
-        hi = [wl["servers"][s]["value"]["max"] - m for s, m in zip(names, med, strict=False)]
-        ax.bar(range(len(names)), med, yerr=[lo, hi], capsize=3,
-               color=[colours(servers.index(s) % 10) for s in names])
-        ax.set_xticks(range(len(names)))
-        ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
-        ax.set_title(wl["title"], fontsize=9)
-        ax.set_ylabel(wl["unit"], fontsize=8)
-        ax.tick_params(axis="y", labelsize=7)
-    for ax in list(axes.flat)[len(wls):]:
-        ax.axis("off")
-    fig.suptitle("danga echo benchmarks: median and min-max of interleaved rounds", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return None
+        ra = doc["workloads"][wl]["servers"][a]["rounds"]
+        rb = {x["round"]: x[metric] for x in doc["workloads"][wl]["servers"][b]["rounds"]}
+    except KeyError:
+        return None
+    values = [x[metric] / rb[x["round"]] for x in ra if rb.get(x["round"])]
+    return stats(values) if values else None
 
 
 def write_json(doc: dict[str, Any], path: Path) -> None:

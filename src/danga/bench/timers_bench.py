@@ -1,6 +1,6 @@
 """Timer micro-benchmark, one implementation per process.
 
-``--impl danga|asyncio|uvloop --mode fire|cancel --n N`` prints one JSON line with the
+``--impl danga|asyncio|uvloop|rloop --mode fire|cancel --n N`` prints one JSON line with the
 seconds taken:
 
 - fire: schedule N timers with delays spread over 0..1 ms, run until all have fired;
@@ -11,10 +11,11 @@ seconds taken:
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import time
 from typing import Any
+
+from danga.bench.servers.asyncio_echo import LOOPS, new_loop
 
 
 def bench_danga(mode: str, n: int, delays: list[float]) -> float:
@@ -73,7 +74,7 @@ def bench_asyncio(mode: str, n: int, delays: list[float], loop: Any) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--impl", choices=["danga", "asyncio", "uvloop"], required=True)
+    p.add_argument("--impl", choices=["danga", *LOOPS], required=True)
     p.add_argument("--mode", choices=["fire", "cancel"], required=True)
     p.add_argument("--n", type=int, default=100_000)
     a = p.parse_args()
@@ -81,13 +82,7 @@ def main() -> None:
     if a.impl == "danga":
         secs = bench_danga(a.mode, a.n, delays)
     else:
-        if a.impl == "uvloop":
-            import uvloop
-
-            loop = uvloop.new_event_loop()
-        else:
-            loop = asyncio.new_event_loop()
-        secs = bench_asyncio(a.mode, a.n, delays, loop)
+        secs = bench_asyncio(a.mode, a.n, delays, new_loop(a.impl))
     print(json.dumps({"impl": a.impl, "mode": a.mode, "n": a.n, "seconds": secs}))
 
 
