@@ -378,3 +378,10 @@ def test_a_failed_connect_that_is_kept_gets_no_event_err_or_hup(loop):
     assert obj.log == [("error", errors(obj)[0])] and not obj.closed
     assert type(obj) is Keeps and not obj.connecting
     obj.close()
+
+
+def test_closed_loop_is_refused():
+    lp = danga.Loop()
+    lp.close()
+    with pytest.raises(RuntimeError):
+        danga.connect(("127.0.0.1", 80), Client, loop=lp)

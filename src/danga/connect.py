@@ -387,6 +387,7 @@ def connect(address: Any, factory: Callable[..., Socket], *, loop: Loop | None =
         ValueError: a port out of range, a timeout <= 0 or NaN, *server_hostname*
             without *ssl*, or an AF_UNIX path where the platform has no AF_UNIX.
         NotImplementedError: *ssl* is given (TLS is not supported yet).
+        RuntimeError: the loop is closed.
         OSError: the socket cannot be created (out of fds), or the factory's errors.
     """
     from .loop import get_loop
