@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .connect import connect
 from .listener import Listener
 from .loop import Loop, get_loop
 from .poller import (
@@ -61,6 +62,7 @@ __all__ = [
     "UnknownBackend",
     "UnsupportedFileType",
     "__version__",
+    "connect",
     "get_loop",
     "prefork",
 ]

@@ -141,6 +141,9 @@ class Loop:
         self._plc: dict[Socket, PostLoopCallback] = {}
         self._post_loop_callback: PostLoopCallback | None = None
         self._loop_timeout: float | None = None  # seconds; None blocks (Danga's -1)
+        #: ``time.monotonic()`` when the last poll returned: a clock read once per
+        #: iteration, for stamps that must cost no system call per event (idle timeouts).
+        self.now: float = monotonic()
         self._profile: dict[str, list[float]] = {}
         self._profiling = False
         self._exception_handler: ExceptionHandler | None = None
@@ -263,6 +266,7 @@ class Loop:
                 events = reg.backend.poll(timeout)
             finally:
                 waker.polling = False
+            self.now = monotonic()
             if events:
                 self._dispatch(events, batch)
             if (self._push_back or self._to_close or waker.calls or self._plc

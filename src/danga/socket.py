@@ -15,20 +15,26 @@ from __future__ import annotations
 
 import errno
 import io
+import math
 import os
 import socket as _socket
+import stat
 import sys
 from collections import deque
 from collections.abc import Callable
+from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 from ._registry import disown
 from .compat import DangaNames
+from .connect import Connecting
 from .loop import debug_msg, get_loop, logger
 from .poller import ERR, HUP, READ, WRITE
 
 if TYPE_CHECKING:
+    from .connect import _State
     from .loop import Loop, PostLoopCallback
+    from .timers import Timer
 
 __all__ = ["MAX_READ", "Socket"]
 
@@ -48,9 +54,17 @@ else:
 _CORK_IGNORED = {errno.ENOPROTOOPT, errno.EOPNOTSUPP, errno.ENOTSOCK, errno.EINVAL}
 _WRITE_REASONS = {errno.EPIPE: "EPIPE", errno.ECONNRESET: "ECONNRESET"}
 _BUFFER_TYPES = (bytes, bytearray, memoryview)
+#: The most one writable event hands os.sendfile (Perlbal's cap: a big file must not
+#: starve the other connections).
+SENDFILE_CHUNK = 128 * 1024
+#: The most the read-and-send fallback of write_file() reads at once.
+_PREAD_CHUNK = 64 * 1024
+# errnos of a first sendfile() that mean "not for this pair of files": read and send.
+_NO_SENDFILE = {errno.EINVAL, errno.ENOSYS, errno.ENOTSOCK, errno.EOPNOTSUPP,
+                getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)}
 
 
-class Socket(DangaNames):
+class Socket(DangaNames, Connecting):
     """An event-driven, non-blocking socket (or pipe) in a :class:`danga.Loop`.
 
     ``sock`` is a socket, or any object with ``fileno()`` and ``close()`` (pipes and
@@ -63,7 +77,12 @@ class Socket(DangaNames):
         loop: the :class:`danga.Loop` it belongs to.
         closed: True once :meth:`close` (or :meth:`steal_socket`) was called.
         close_reason: the reason given to :meth:`close` (None before, or if none).
-        write_buf_size: bytes (plus one per queued callable) waiting in the write queue.
+        write_buf_size: bytes (plus one per queued callable) waiting in the write queue;
+            a file region queued by :meth:`write_file` counts the bytes it has left.
+        connecting: True while a connect made by :func:`danga.connect` is in flight.
+        max_idle_time: a class attribute: seconds of inactivity after which every
+            instance's :meth:`on_idle_timeout` runs (Perlbal's name; None or 0: off).
+            :meth:`set_idle_timeout` changes it per instance.
 
     Raises:
         TypeError: *sock* has no ``fileno()`` or no ``close()``.
@@ -76,11 +95,15 @@ class Socket(DangaNames):
 
     __slots__ = (
         "__weakref__",
+        "_conn",
         "_corked",
         "_event_watch",
         "_gen",
         "_ident",
+        "_idle",
+        "_idle_timer",
         "_io",
+        "_last_active",
         "_local",
         "_pb",
         "_pb_size",
@@ -94,11 +117,15 @@ class Socket(DangaNames):
         "_writer",
         "close_reason",
         "closed",
+        "connecting",
         "fd",
         "loop",
         "sock",
         "write_buf_size",
     )
+
+    #: Perlbal's idle limit for every instance of the class, in seconds (None: none).
+    max_idle_time: float | None = None
 
     def __init__(self, sock: Any, *, loop: Loop | None = None) -> None:
         if loop is None:
@@ -148,6 +175,11 @@ class Socket(DangaNames):
         self._writer: Callable[[Any], int] | None = None
         self._peer: tuple[str | None, str | None] | None = None
         self._local: tuple[str | None, str | None] | None = None
+        self.connecting = False
+        self._conn: _State | None = None
+        # Idle timeouts: seconds (0.0: off); _last_active and _idle_timer are only read
+        # while it is on, so an object without one pays one false test per read/write.
+        self._idle = 0.0
         self._gen = 0  # set by the registry: the poll generation it was registered in
         self._ident = 0  # set by the registry: the identity of the file behind fd
         # The I/O functions are the class's (shared, unbound) and are called with _io
@@ -181,6 +213,8 @@ class Socket(DangaNames):
                 except OSError:
                     pass
             raise
+        if self.max_idle_time:
+            self.set_idle_timeout(self.max_idle_time)
 
     # -- the events (override these) -----------------------------------------------------
 
@@ -274,6 +308,8 @@ class Socket(DangaNames):
             return self._write_general(data)  # it retries
         except OSError as exc:
             return self._write_failed(exc)
+        if self._idle and sent:
+            self._last_active = self.loop.now
         if sent >= len(data):
             return True
         return self._write_rest(data, sent)
@@ -313,6 +349,8 @@ class Socket(DangaNames):
                 continue
             except OSError as exc:
                 return self._write_failed(exc)
+        if self._idle and sent:
+            self._last_active = self.loop.now
         if sent >= len(data):
             if self._write_set_watch:
                 self._write_set_watch = False
@@ -351,6 +389,15 @@ class Socket(DangaNames):
         while wbuf:
             head = wbuf[0]
             if callable(head):
+                if head.__class__ is _FileRegion:  # callable only to end a sendmsg batch
+                    done = self._send_file(head)
+                    if self.closed:
+                        return False
+                    if not done:
+                        self.on_incomplete_write()
+                        return False
+                    wbuf.popleft()
+                    continue
                 wbuf.popleft()
                 self.write_buf_size -= 1
                 head()
@@ -381,6 +428,8 @@ class Socket(DangaNames):
             except OSError as exc:
                 return self._write_failed(exc)
             self.write_buf_size -= sent
+            if self._idle and sent:
+                self._last_active = self.loop.now
             left = sent
             while left:
                 first = wbuf[0]
@@ -419,6 +468,183 @@ class Socket(DangaNames):
             raise TypeError(f"the writer function must be callable, not {type(fn).__name__}")
         self._writer = fn
 
+    # -- files ---------------------------------------------------------------------------
+
+    def write_file(self, file: Any, offset: int = 0, count: int | None = None) -> bool:
+        """Queue *count* bytes of *file* from *offset* (to its end when None) after what
+        is queued, and start sending them: ``os.sendfile`` where it works, else the bytes
+        are read (``os.pread``) and sent. Perlbal's ``post_sendfile_cb`` is a callable
+        written after it: it runs once the region has been sent.
+
+        *file* is a file object with ``fileno()`` or an fd: a regular file (or a
+        device ``pread`` can read, with *count* given). The file position is never
+        moved, and danga never closes the file (it keeps a reference to the object until
+        the region is sent or dropped). The region counts in ``write_buf_size``. At most
+        128 KiB go per writable event, so one big file cannot starve other connections.
+        The fallback to reading is chosen before the first byte only (sendfile missing,
+        EINVAL/ENOSYS/ENOTSUP/EOPNOTSUPP/ENOTSOCK, a writer function set, a file that is
+        not regular); a file that turns out shorter than the region closes the object
+        with ``"file_truncated"``.
+
+        Returns as :meth:`write`: True when everything (this region included) has been
+        handed to the kernel, False while something is queued; a 0-byte region changes
+        nothing (True on an empty queue). On a closed object it returns True.
+
+        Raises:
+            TypeError: *file* has no fd, or *offset* / *count* is not an int.
+            ValueError: a negative *offset* or *count*, a closed file, a pipe or socket
+                as the source, or a device without *count*.
+            OSError: ``fstat`` of the file fails.
+        """
+        if isinstance(file, bool) or not isinstance(file, int):
+            fileno = getattr(file, "fileno", None)
+            if fileno is None:
+                raise TypeError(f"write_file() takes a file object or an fd, not "
+                                f"{type(file).__name__}")
+            try:
+                fd = fileno()
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"write_file(): cannot use {file!r}: {exc}") from exc
+        else:
+            fd = file
+        for name, value in (("offset", offset), ("count", count)):
+            if value is None and name == "count":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"write_file(): {name} must be an int, not "
+                                f"{type(value).__name__}")
+            if value < 0:
+                raise ValueError(f"write_file(): {name} must be >= 0, not {value}")
+        if fd < 0:
+            raise ValueError(f"write_file(): invalid fd {fd}")
+        st = os.fstat(fd)
+        regular = stat.S_ISREG(st.st_mode)
+        if not regular:
+            if stat.S_ISFIFO(st.st_mode) or stat.S_ISSOCK(st.st_mode):
+                raise ValueError("write_file() takes a regular file, not a pipe or a "
+                                 "socket; read it and write() the data")
+            if count is None:
+                raise ValueError("write_file(): count is needed for a file that is not "
+                                 "regular (its size is unknown)")
+        if count is None:
+            count = max(0, st.st_size - offset)
+        if self.closed:
+            return True
+        if not count:
+            return not self.write_buf_size
+        region = _FileRegion(fd, offset, count, file if file is not fd else None,
+                             native=regular and self._writer is None)
+        self._queue().append(region)
+        self.write_buf_size += count
+        if self.write_buf_size > count or self.connecting:
+            return False  # behind other data (or the connect): sent in turn
+        return self._flush()
+
+    def _send_file(self, region: _FileRegion) -> bool:
+        """Send one chunk of *region* (the queue's head): True when it is all sent,
+        False when the kernel took what it could now (or the object closed)."""
+        if self.connecting:
+            return False
+        want = min(region.left, SENDFILE_CHUNK)
+        sendfile = getattr(os, "sendfile", None) if region.native else None
+        while True:
+            try:
+                if sendfile is not None:
+                    sent = sendfile(self.fd, region.fd, region.offset, want)
+                    if not sent:
+                        self.close("file_truncated")
+                        return False
+                else:
+                    sent = self._send_file_read(region, want)
+                    if sent < 0:
+                        return False  # truncated: closed
+                break
+            except BlockingIOError:
+                return False
+            except InterruptedError:
+                continue
+            except OSError as exc:
+                if sendfile is not None and not region.started and (
+                        exc.errno in _NO_SENDFILE):
+                    region.native = False  # not for this pair of files: read and send
+                    sendfile = None
+                    continue
+                self._write_failed(exc)
+                return False
+        if sent:
+            region.started = True
+            region.offset += sent
+            region.left -= sent
+            self.write_buf_size -= sent
+            if self._idle:
+                self._last_active = self.loop.now
+        if region.left:
+            # More to send: wait for the next writable event (a chunk per event) even
+            # when this one went whole.
+            return False
+        region.file = None
+        return True
+
+    def _send_file_read(self, region: _FileRegion, want: int) -> int:
+        # The fallback: read at an explicit offset (the file position never moves) and
+        # send; what the kernel does not take is simply read again next time.
+        data = os.pread(region.fd, min(want, _PREAD_CHUNK), region.offset)
+        if not data:
+            self.close("file_truncated")
+            return -1
+        writer = self._writer
+        return self._send(self._io, data) if writer is None else writer(data)
+
+    # -- idle timeouts -------------------------------------------------------------------
+
+    def set_idle_timeout(self, seconds: float | None) -> None:
+        """Call :meth:`on_idle_timeout` after *seconds* without a read or write of at
+        least one byte (None or 0 turns it off). Setting it starts the period afresh.
+
+        It costs nothing per event: each read or write stamps the time the loop cached
+        for the iteration (``loop.now``), and one timer per object re-arms itself for
+        the rest of the period when it fires early (libev's "be smart about timeouts").
+
+        Raises:
+            TypeError: *seconds* is not a number or None.
+            ValueError: *seconds* is negative or NaN.
+        """
+        if seconds is not None and (isinstance(seconds, bool)
+                                    or not isinstance(seconds, (int, float))):
+            raise TypeError(f"set_idle_timeout() takes seconds (a number) or None, not "
+                            f"{type(seconds).__name__}")
+        if seconds is not None and (math.isnan(seconds) or seconds < 0):
+            raise ValueError(f"set_idle_timeout() takes seconds >= 0 or None, not "
+                             f"{seconds!r}")
+        if self._idle:
+            self._idle_timer.cancel()
+        self._idle = 0.0
+        if not seconds or self.closed:
+            return
+        self._idle = float(seconds)
+        self._last_active = now = monotonic()
+        self._idle_timer: Timer = self.loop.add_timer(seconds, self._idle_check, now)
+
+    def _idle_check(self, armed: float) -> None:
+        if not self._idle or self.closed:
+            return
+        due = self._last_active + self._idle
+        now = monotonic()
+        if due > now:  # activity since: sleep for the rest of the period
+            self._idle_timer = self.loop.add_timer(due - now, self._idle_check, now)
+            return
+        # Idle: the hook's own choice (close, or keep) stands; a kept object is checked
+        # again a full period later.
+        self._last_active = now
+        self._idle_timer = self.loop.add_timer(self._idle, self._idle_check, now)
+        self.on_idle_timeout()
+
+    def on_idle_timeout(self) -> None:
+        """Called after the idle timeout without activity. The default closes the
+        object with ``"idle_timeout"``; an override that keeps the object is called again
+        after another idle period."""
+        self.close("idle_timeout")
+
     # -- reading -------------------------------------------------------------------------
 
     def read(self, n: int) -> bytes | None:
@@ -442,7 +668,11 @@ class Socket(DangaNames):
         except OSError as exc:
             self._read_failed(exc)
             return None
-        return data if data else None
+        if data:
+            if self._idle:
+                self._last_active = self.loop.now
+            return data
+        return None
 
     def _read_general(self, n: Any) -> bytes | None:
         # read() for everything: checks, pushed-back data, closed, a large n.
@@ -475,6 +705,8 @@ class Socket(DangaNames):
             except OSError as exc:
                 self._read_failed(exc)
                 return None
+        if self._idle and data:
+            self._last_active = self.loop.now
         return data if data else None
 
     def _read_failed(self, exc: OSError) -> None:
@@ -525,6 +757,11 @@ class Socket(DangaNames):
     def _shut(self, reason: str | None) -> Any:
         self.closed = True
         self.close_reason = reason
+        if self._idle:
+            self._idle = 0.0
+            self._idle_timer.cancel()
+        if self._conn is not None:
+            self._connect_abandon()
         if self._corked:
             self._corked = False
             try:
@@ -669,6 +906,26 @@ class Socket(DangaNames):
         else:
             trace = "".join(traceback.format_stack()[:-1])
         logger.error("ERROR: %s\n\t%s\n%s", msg, self.as_string(), trace.rstrip("\n"))
+
+
+class _FileRegion:
+    """A region of a file in the write queue (queued by write_file()).
+
+    It is callable only so that the queue's flush, which stops a sendmsg() batch at a
+    callable, stops at a region too: it is never called."""
+
+    __slots__ = ("fd", "file", "left", "native", "offset", "started")
+
+    def __init__(self, fd: int, offset: int, left: int, file: Any, native: bool) -> None:
+        self.fd = fd
+        self.offset = offset
+        self.left = left
+        self.file = file  # keeps a file object (and so its fd) alive while queued
+        self.native = native
+        self.started = False
+
+    def __call__(self) -> None:  # pragma: no cover - never called (see the docstring)
+        raise AssertionError("a file region in the write queue is never called")
 
 
 def _fd_of(sock: Any) -> int:
