@@ -124,6 +124,7 @@ class Registry:
 
     __slots__ = (
         "backend",
+        "binds_files",
         "caps_max_fd",
         "closed",
         "descriptor_map",
@@ -166,9 +167,11 @@ class Registry:
     def _capabilities(self, poller_cls: type[Poller]) -> None:
         caps = capabilities(poller_cls)
         self.caps_max_fd = caps.max_fd
-        # Where the kernel binds registrations to open files (epoll), it notices a
-        # number closed and reused by itself: no identity per fd is kept (memory).
-        self.track_idents = not caps.binds_open_files
+        # Where the kernel binds registrations to open files (epoll), a change of an
+        # existing registration for a number that now names another file fails by
+        # itself (ENOENT): no identity check is needed for it. A first registration
+        # (and a redone interrupted one) is checked on every backend.
+        self.binds_files = caps.binds_open_files
 
     def validate(self, fd: int, call: str) -> int:
         """Check *fd* can be watched here; returns its identity.
@@ -184,8 +187,7 @@ class Registry:
                 f"{call}: fd {fd} is out of range for the {self.backend.name} backend "
                 f"(it watches fds below {limit}); use the poll or epoll backend "
                 "(DANGA_BACKEND=poll) for more fds")
-        ident = check_pollable(fd)
-        return ident if self.track_idents else 0
+        return check_pollable(fd)
 
     def add(self, obj: Socket, ident: int) -> None:
         """Put a validated Socket in the map; its interest reaches the kernel at the
@@ -297,42 +299,50 @@ class Registry:
     # -- applying changes --------------------------------------------------------------
 
     def flush(self) -> None:
-        """Apply every pending interest change (called right before each poll)."""
-        dirty, kernel, dmap = self.dirty, self.kernel, self.descriptor_map
-        modify = self.backend.modify
+        """Apply every pending interest change (called right before each poll).
+
+        A record leaves ``dirty`` only after its change was applied (and only if it was
+        not marked again meanwhile), so a KeyboardInterrupt anywhere in here loses no
+        change: the next flush finishes the work."""
+        dirty = self.dirty
         while dirty:
-            fd, rec = dirty.popitem()
-            try:
-                owner: Any = dmap.get(fd)
-                if owner is None or owner.closed:
-                    owner = self.foreign.get(fd)
-                    if owner is None:
-                        continue  # closed, stolen or forgotten: detach removed it
-                want = owner._event_watch
-                have = kernel.get(fd, 0)
-                if want == have:
+            for fd in list(dirty):
+                rec = dirty.get(fd)
+                if rec is None:
                     continue
-                if have and want & ~have and owner._ident and (
-                        fd_identity(fd) != owner._ident):
-                    # More interest for a number whose file was closed behind danga's
-                    # back and reused: never register a stranger's file for this owner.
-                    self._lost(owner, "its fd number now names another file")
-                    continue
-                kernel[fd] = UNKNOWN  # in flight: if interrupted, nobody knows
-                if have == UNKNOWN:
-                    self._remove(fd, UNKNOWN)
-                    have = 0
-                try:
-                    modify(fd, have, want)
-                except Exception as exc:  # OSError; a plugin's FdOutOfRange (ValueError)
-                    self._refused(owner, have, exc)
-                    continue
-                kernel[fd] = want
-            except BaseException:
-                # KeyboardInterrupt (or SystemExit) from a signal handler: keep the
-                # change for the next flush; the kernel mask is UNKNOWN if it was in flight.
-                dirty.setdefault(fd, rec)
-                raise
+                self._apply(fd)
+                if dirty.get(fd) is rec:
+                    del dirty[fd]
+
+    def _apply(self, fd: int) -> None:
+        kernel = self.kernel
+        owner: Any = self.descriptor_map.get(fd)
+        if owner is None or owner.closed:
+            owner = self.foreign.get(fd)
+            if owner is None:
+                return  # closed, stolen or forgotten: detach removed it
+        want = owner._event_watch
+        have = kernel.get(fd, 0)
+        if want == have:
+            return
+        # The kernel is about to watch more of this number (a first registration, an
+        # interrupted change redone, or more interest where the kernel would not notice
+        # a reused number itself): is it still the owner's file? A number closed behind
+        # danga's back and reused must never be registered for it.
+        more = have == UNKNOWN or (want & ~have and not (have and self.binds_files))
+        if more and owner._ident and fd_identity(fd) != owner._ident:
+            self._lost(owner, "its fd number now names another file")
+            return
+        kernel[fd] = UNKNOWN  # in flight: if interrupted, nobody knows
+        if have == UNKNOWN:
+            self._remove(fd, UNKNOWN)
+            have = 0
+        try:
+            self.backend.modify(fd, have, want)
+        except Exception as exc:  # OSError; a plugin's FdOutOfRange (ValueError)
+            self._refused(owner, have, exc)
+            return
+        kernel[fd] = want
 
     def _refused(self, owner: Any, have: int, exc: Exception) -> None:
         fd = owner.fd
@@ -428,6 +438,12 @@ class Registry:
                 mask = self._wanted(fd)
             if not mask:
                 del self.kernel[fd]
+                continue
+            owner = self.descriptor_map.get(fd) or self.foreign.get(fd)
+            if owner is not None and owner._ident and fd_identity(fd) != owner._ident:
+                del self.kernel[fd]  # never register a stranger's file for the owner
+                if not owner.closed:
+                    self._lost(owner, "its fd number now names another file")
                 continue
             try:
                 backend.modify(fd, 0, mask)

@@ -127,16 +127,27 @@ class SignalHandlers:
         # new delivery (or is picked up by the loop below).
         self._scheduled = False
         pending = self._pending
-        while pending:
-            signum = pending.pop()
-            entry = self._callbacks.get(signum)
-            if entry is None:
-                continue
-            callback, args = entry
-            try:
-                callback(*args)
-            except Exception as exc:
-                self._failed(exc, callback)
+        try:
+            for signum in list(pending):
+                entry = self._callbacks.get(signum)
+                if entry is None:
+                    pending.discard(signum)
+                    continue
+                callback, args = entry
+                pending -= {signum}  # no call: no signal lands between this and the call
+                try:
+                    callback(*args)
+                except Exception as exc:
+                    self._failed(exc, callback)
+        finally:
+            if pending and not self._scheduled:
+                self._scheduled = True
+                self._waker.call_soon(self._deliver, ())
+
+    def after_fork(self) -> None:
+        """In a forked child: the queued delivery was dropped with the calls."""
+        self._scheduled = False
+        self._pending.clear()
 
     # -- the process's wakeup fd -------------------------------------------------------
 

@@ -84,7 +84,11 @@ class Waker:
 
     def drain(self) -> bool:
         """Read every byte, then clear ``pending``. Returns False when the channel is
-        dead (EOF or EBADF) and must be rebuilt (:meth:`renew`)."""
+        dead (EOF or EBADF) and must be rebuilt (:meth:`renew`).
+
+        ``pending`` is cleared in a ``finally``: a KeyboardInterrupt after a byte was
+        read must not leave it set over an empty pipe (every later wake() would then
+        write nothing, and the loop would sleep through them)."""
         recv = self._r.recv
         try:
             while True:
@@ -92,26 +96,32 @@ class Waker:
                 if not data:
                     return False  # EOF: the write end is gone
                 if len(data) < 4096:
-                    break
+                    return True
         except (BlockingIOError, InterruptedError):
-            pass
+            return True
         except OSError:
             return False
-        self.pending = False
-        return True
+        finally:
+            self.pending = False
 
     def run_calls(self, failed: Callable[[Exception, Any], None]) -> None:
         """Run the calls queued before this pass began, in order (a call that queues
         another cannot starve I/O). ``failed(exc, callback)`` handles an Exception;
-        KeyboardInterrupt and SystemExit propagate and leave the rest queued."""
+        KeyboardInterrupt and SystemExit propagate and leave the rest queued. A call
+        leaves the queue only once it has run (peek, call, pop), so an interrupt between
+        taking it and calling it never loses it."""
         calls = self.calls
         popleft = calls.popleft
         for _ in range(len(calls)):
-            callback, args = popleft()
+            item = calls[0]
+            callback, args = item
             try:
                 callback(*args)
             except Exception as exc:
                 failed(exc, callback)
+            finally:
+                if calls and calls[0] is item:
+                    popleft()
 
     def renew(self, why: str | None) -> None:
         """Replace the pair (dead, or inherited through fork); the queue is kept.

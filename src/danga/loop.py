@@ -241,6 +241,8 @@ class Loop:
         if reg.forked:
             reg.rebuild(f"used in a forked child (pid {os.getpid()})")
         waker = self._waker
+        if reg.waker_fd < 0:  # a rebuild of the wakeup channel failed: try again
+            self._renew_waker(None)
         self._depth += 1  # close() is refused while an iteration is in progress
         try:
             timers = self._timers
@@ -361,10 +363,19 @@ class Loop:
         waker = self._waker
         if waker.drain():
             return
-        reg = self._registry
-        reg.unwatch_waker()
-        waker.renew("was closed behind danga's back (EOF or EBADF)")
-        reg.watch_waker(waker.fd)
+        self._registry.unwatch_waker()
+        self._renew_waker("was closed behind danga's back (EOF or EBADF)")
+
+    def _renew_waker(self, why: str | None) -> None:
+        # A failure (out of fds) leaves no channel (waker_fd -1): the next iteration
+        # tries again, and the loop never goes on for good without one.
+        try:
+            self._waker.renew(why)
+            self._registry.watch_waker(self._waker.fd)
+        except OSError as exc:
+            logger.error("danga: cannot rebuild the loop's wakeup channel (%s); "
+                         "retrying at the next iteration", exc)
+            return
         if self._signals is not None:
             self._signals.rebind()
 
@@ -458,7 +469,7 @@ class Loop:
         reg = self._registry
         while queue:
             obj, raw = queue[0]
-            reg.forget(obj)
+            reg.detach(obj, forget=True)  # finishes an unregistration cut short too
             if raw is not None:
                 try:
                     raw.close()
@@ -541,15 +552,17 @@ class Loop:
         reg.add(obj, reg.validate(obj.fd, call))
 
     def _detach(self, obj: Socket, raw: Any, steal: bool) -> None:
-        """Unregister *obj* now; queue the real close (or, when stolen, forget it now)."""
+        """Unregister *obj* now; queue the real close (or, when stolen, forget it now).
+
+        The real close is queued first: if an interrupt cuts this short, the reaping
+        finishes the unregistration (it detaches again) and still closes the socket."""
+        if not steal:
+            self._to_close.append((obj, raw))
         self._registry.detach(obj, forget=steal)
         if self._push_back.get(obj.fd) is obj:
             del self._push_back[obj.fd]
         self._plc.pop(obj, None)
-        if steal:
-            return
-        self._to_close.append((obj, raw))
-        if self._closed:  # no post-event work will come: close it now
+        if not steal and self._closed:  # no post-event work will come: close it now
             self._reap()
 
     def _set_plc(self, obj: Socket, callback: PostLoopCallback | None) -> None:
@@ -684,6 +697,7 @@ class Loop:
         waker.renew(None)
         self._registry.waker_fd = waker.fd  # registered by the rebuild before first use
         if self._signals is not None:
+            self._signals.after_fork()  # its queued delivery went with the calls
             self._signals.rebind()
         self._executor = None  # the parent's worker threads do not exist here
 

@@ -308,6 +308,9 @@ class Socket(DangaNames, Connecting):
             return self._write_general(data)  # it retries
         except OSError as exc:
             return self._write_failed(exc)
+        except BaseException as exc:
+            self._interrupted(exc, "write")
+            raise
         if self._idle and sent:
             self._last_active = self.loop.now
         if sent >= len(data):
@@ -386,6 +389,13 @@ class Socket(DangaNames, Connecting):
         wbuf = self._wbuf
         if not isinstance(wbuf, deque):
             return True  # nothing was ever queued
+        try:
+            return self._flush_queue(wbuf)
+        except BaseException as exc:
+            self._interrupted(exc, "write")
+            raise
+
+    def _flush_queue(self, wbuf: deque[Any]) -> bool:
         while wbuf:
             head = wbuf[0]
             if callable(head):
@@ -446,6 +456,14 @@ class Socket(DangaNames, Connecting):
             self._write_set_watch = False
             self._set_write_watch(False)
         return True
+
+    def _interrupted(self, exc: BaseException, what: str) -> None:
+        # A KeyboardInterrupt (or SystemExit) raised by a signal handler right after a
+        # send or recv returned: the count is lost, so the stream position is unknown (a
+        # resend would duplicate bytes, a dropped read leaves a hole). Close: the only
+        # answer that never corrupts the stream. Ordinary exceptions pass untouched.
+        if not isinstance(exc, Exception) and not self.closed:
+            self.close(f"{what} interrupted")
 
     def _write_failed(self, exc: OSError) -> bool:
         if exc.errno == errno.EBADF:
@@ -668,6 +686,9 @@ class Socket(DangaNames, Connecting):
         except OSError as exc:
             self._read_failed(exc)
             return None
+        except BaseException as exc:
+            self._interrupted(exc, "read")
+            raise
         if data:
             if self._idle:
                 self._last_active = self.loop.now
@@ -705,6 +726,9 @@ class Socket(DangaNames, Connecting):
             except OSError as exc:
                 self._read_failed(exc)
                 return None
+            except BaseException as exc:
+                self._interrupted(exc, "read")
+                raise
         if self._idle and data:
             self._last_active = self.loop.now
         return data if data else None
@@ -742,17 +766,29 @@ class Socket(DangaNames, Connecting):
         closed behind danga's back (it is then forgotten, never closed again)."""
         if self.closed:
             return
-        raw = self._shut(reason)
-        self.loop._detach(self, raw, steal=False)
+        raw = self.sock
+        try:
+            raw = self._shut(reason)
+        finally:
+            self._detach_if_shut(raw, steal=False)
 
     def steal_socket(self) -> Any:
         """Take the socket away: the object is closed and leaves the descriptor map at
         once, the socket stays open and is returned (None if already closed)."""
         if self.closed:
             return None
-        raw = self._shut("stolen")
-        self.loop._detach(self, raw, steal=True)
+        raw = self.sock
+        try:
+            raw = self._shut("stolen")
+        finally:
+            self._detach_if_shut(raw, steal=True)
         return raw
+
+    def _detach_if_shut(self, raw: Any, *, steal: bool) -> None:
+        # In a finally: even when an interrupt cut _shut short, a closed object is
+        # detached and queued for its real close (never a zombie left in the map).
+        if self.closed:
+            self.loop._detach(self, raw, steal=steal)
 
     def _shut(self, reason: str | None) -> Any:
         self.closed = True

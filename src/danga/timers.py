@@ -211,6 +211,10 @@ class TimerHeap:
             timer = due[0]
             if timer[_CALLBACK] is not None:
                 return timer[_DEADLINE]  # type: ignore[no-any-return]
+            if timer[_HEAP] is None:  # an outer run is firing it (nested run)
+                self._cancelled -= 1
+                due.popleft()
+                continue
             self._drop(due.popleft())
         heap = self._heap
         if not heap:
@@ -318,17 +322,26 @@ class TimerHeap:
         due = self._due
         popleft = due.popleft
         while due:
-            timer = popleft()
+            timer = due[0]
             callback = timer[_CALLBACK]
             if callback is None:
-                self._drop(timer)  # cancelled while it waited
+                if timer[_HEAP] is None:  # an outer run is firing it (nested run)
+                    self._cancelled -= 1
+                    popleft()
+                    continue
+                self._drop(popleft())  # cancelled while it waited
                 continue
             timer[_CALLBACK] = None  # fired: cancel() and a second run are no-ops
             timer[_HEAP] = None
+            self._cancelled += 1  # a dead entry of _due until it is popped below
             try:
                 callback(*timer[_ARGS])
             except Exception as exc:
                 failed(exc, callback)
+            finally:
+                if due and due[0] is timer:
+                    self._cancelled -= 1
+                    popleft()
 
     def clear(self) -> None:
         """Drop every timer (Loop.reset and Loop.close): none of them will fire, not even
