@@ -1,7 +1,8 @@
 """Adversarial review of the core (docs/internals.md, "Failure classes"), on every backend.
 
-Each test here is a claim of docs/internals.md that does not hold yet; its docstring
-names the claim and the state that is lost.
+Each test here is a claim of docs/internals.md that an adversarial review of the first
+v2 core found broken (all fixed since); its docstring names the claim and the state that
+was lost.
 
 Interrupts are placed where CPython really runs a Python signal handler: right after a
 call of a C function returns (the interpreter checks for pending signals there, so a
