@@ -105,7 +105,9 @@ def tests(session: nox.Session, backend: str) -> None:
     """The suite on one Python with one backend forced."""
     session.install("-e", ".[test]")
     session.run("danga", "backends", env={"DANGA_BACKEND": backend})
-    session.run("pytest", "-n", "auto", *session.posargs, env={"DANGA_BACKEND": backend})
+    # One backend per cell, so CPython's peer suites run in full (DANGA_PEER_SUITES=all).
+    session.run("pytest", "-n", "auto", *session.posargs,
+                env={"DANGA_BACKEND": backend, "DANGA_PEER_SUITES": "all"})
 
 
 def kqueue_emulated(session: nox.Session) -> None:
