@@ -78,12 +78,13 @@ class SignalAt:
         return self._local
 
     def __enter__(self) -> SignalAt:
+        self._previous = sys.gettrace()  # coverage's tracer, when CI measures
         sys.settrace(self._global)
         return self
 
     def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
                  tb: TracebackType | None) -> bool:
-        sys.settrace(None)
+        sys.settrace(self._previous)  # give the tracer back (else coverage stops here)
         return t is KeyboardInterrupt and self.fired
 
 
