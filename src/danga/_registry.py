@@ -19,6 +19,8 @@ for speed (or because one job spans two modules) and listed here only:
 - ``Loop`` methods a Socket calls about itself: ``_check_open()``, ``_register()``,
   ``_detach()``, ``_set_plc()``, and ``_push_back[fd] = self``; ``Listener`` reports a
   failed ``on_accept`` through ``Loop._callback_failed()``.
+- ``Loop._stamp_now``, which ``Socket.set_idle_timeout`` sets so that the loop keeps
+  ``loop.now`` up to date (a clock read per iteration only where idle timeouts exist).
 - ``TimerHeap._heap`` and ``_due``, which ``Loop`` reads to skip the timers when none
   is scheduled (two attribute reads instead of a call per iteration).
 

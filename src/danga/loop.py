@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from . import backends as _backends
 from ._registry import OtherFds, Registry, as_fd
 from ._waker import Waker
-from .poller import ERR, HUP, READ, WRITE, clamp_timeout
+from .poller import ERR, HUP, MAX_TIMEOUT, READ, WRITE
 from .timers import Timer, TimerHeap
 
 if TYPE_CHECKING:
@@ -48,6 +48,7 @@ ExceptionHandler = Callable[["Loop", dict[str, Any]], Any]
 OtherFdCallback = Callable[[int], Any]
 
 _STAGES = ("event_read", "event_write", "event_err", "event_hup")
+_WAKER_RETRY = 0.1  # seconds between tries to rebuild a dead wakeup channel
 _SHORT = ("read", "write", "err", "hup")
 _ALL = READ | WRITE | ERR | HUP
 _live_loops: weakref.WeakSet[Loop] = weakref.WeakSet()
@@ -143,7 +144,9 @@ class Loop:
         self._loop_timeout: float | None = None  # seconds; None blocks (Danga's -1)
         #: ``time.monotonic()`` when the last poll returned: a clock read once per
         #: iteration, for stamps that must cost no system call per event (idle timeouts).
+        #: Kept up to date from the first idle timeout set on a socket of this loop on.
         self.now: float = monotonic()
+        self._stamp_now = False
         self._profile: dict[str, list[float]] = {}
         self._profiling = False
         self._exception_handler: ExceptionHandler | None = None
@@ -241,12 +244,19 @@ class Loop:
         if reg.forked:
             reg.rebuild(f"used in a forked child (pid {os.getpid()})")
         waker = self._waker
-        if reg.waker_fd < 0:  # a rebuild of the wakeup channel failed: try again
-            self._renew_waker(None)
         self._depth += 1  # close() is refused while an iteration is in progress
         try:
             timers = self._timers
-            fired = (timers._heap or timers._due) and self._run_timers()
+            fired = False
+            now = 0.0  # a clock read this iteration may reuse (0.0: none yet)
+            if timers._heap or timers._due:
+                deadline = timers.next_deadline()
+                if deadline is not None:
+                    now = monotonic()
+                    if deadline <= now:
+                        timers.run_due(now, self._timer_failed)
+                        fired = True
+                        now = 0.0  # the callbacks took time: read the clock again
             # From here to the poll's return, a change made by a thread or a signal
             # handler writes a wake byte (see _waker): set *before* the wait is computed.
             waker.polling = True
@@ -259,7 +269,19 @@ class Loop:
                     # no fd was watched: docs/internals.md#last-timer-blocks).
                     timeout: float | None = 0.0
                 else:
-                    timeout = self._wait(self._loop_timeout if limit is None else limit)
+                    timeout = self._loop_timeout if limit is None else limit
+                    if timers._heap or timers._due:
+                        # Read again inside the window: a timer a thread added before
+                        # the flag was set is seen here (docs/internals.md#lost-wakeup).
+                        deadline = timers.next_deadline()
+                        if deadline is not None:
+                            wait = deadline - (now or monotonic())
+                            if timeout is None or wait < timeout:
+                                timeout = wait
+                    if timeout is not None and not 0.0 <= timeout <= MAX_TIMEOUT:
+                        # Clamped (docs/internals.md#long-waits): negative is now, and
+                        # longer than a day is a day (the loop then waits again).
+                        timeout = MAX_TIMEOUT if timeout > 0 else 0.0
                 if reg.dirty:
                     reg.flush()
                 if reg.removed and self._depth == 1:
@@ -268,7 +290,8 @@ class Loop:
                 events = reg.backend.poll(timeout)
             finally:
                 waker.polling = False
-            self.now = monotonic()
+            if self._stamp_now:  # only once a socket of this loop has an idle timeout
+                self.now = monotonic()
             if events:
                 self._dispatch(events, batch)
             if (self._push_back or self._to_close or waker.calls or self._plc
@@ -277,28 +300,6 @@ class Loop:
             return True
         finally:
             self._depth -= 1
-
-    def _run_timers(self) -> bool:
-        """Fire the due timers; True if any was due."""
-        deadline = self._timers.next_deadline()
-        if deadline is not None:
-            now = monotonic()
-            if deadline <= now:
-                self._timers.run_due(now, self._timer_failed)
-                return True
-        return False
-
-    def _wait(self, timeout: float | None) -> float | None:
-        """The wait for the poll: the earlier of the next timer and *timeout*, clamped to
-        a day (docs/internals.md#long-waits)."""
-        deadline = self._timers.next_deadline()
-        if deadline is not None:
-            wait = deadline - monotonic()
-            if timeout is None or wait < timeout:
-                timeout = wait
-        if timeout is None:
-            return None
-        return clamp_timeout(timeout)
 
     def _dispatch(self, events: list[tuple[int, int]], batch: int) -> None:
         # The hot path: one dict lookup per fd, bit tests on local constants, no
@@ -366,18 +367,27 @@ class Loop:
         self._registry.unwatch_waker()
         self._renew_waker("was closed behind danga's back (EOF or EBADF)")
 
-    def _renew_waker(self, why: str | None) -> None:
-        # A failure (out of fds) leaves no channel (waker_fd -1): the next iteration
-        # tries again, and the loop never goes on for good without one.
+    def _renew_waker(self, why: str | None, *, again: bool = False) -> None:
+        # A failure (out of fds) leaves no channel (waker_fd -1): it is tried again at
+        # the end of this iteration, then every _WAKER_RETRY seconds, so the loop never
+        # goes on for good without one (and never spins on the failure either).
         try:
             self._waker.renew(why)
             self._registry.watch_waker(self._waker.fd)
         except OSError as exc:
-            logger.error("danga: cannot rebuild the loop's wakeup channel (%s); "
-                         "retrying at the next iteration", exc)
+            if not again:
+                logger.error("danga: cannot rebuild the loop's wakeup channel (%s); "
+                             "trying again", exc)
+                self._waker.calls.append((self._retry_waker, ()))
+            else:
+                self.add_timer(_WAKER_RETRY, self._retry_waker)
             return
         if self._signals is not None:
             self._signals.rebind()
+
+    def _retry_waker(self) -> None:
+        if self._registry.waker_fd < 0 and not self._closed:
+            self._renew_waker(None, again=True)
 
     def _lose(self, obj: Any, why: str) -> None:
         # The registry's verdict on an object: its fd is gone ("fd closed behind danga's

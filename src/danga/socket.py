@@ -640,6 +640,10 @@ class Socket(DangaNames, Connecting):
         if not seconds or self.closed:
             return
         self._idle = float(seconds)
+        loop = self.loop
+        if not loop._stamp_now:  # from now on the loop keeps loop.now up to date
+            loop._stamp_now = True
+            loop.now = monotonic()
         self._last_active = now = monotonic()
         self._idle_timer: Timer = self.loop.add_timer(seconds, self._idle_check, now)
 
