@@ -247,9 +247,11 @@ class Loop:
         self._depth += 1  # close() is refused while an iteration is in progress
         try:
             timers = self._timers
+            heap = timers._heap
             fired = False
             now = 0.0  # a clock read this iteration may reuse (0.0: none yet)
-            if timers._heap or timers._due:
+            head = None  # the timer the deadline came from, while nothing fired
+            if heap or timers._due:
                 deadline = timers.next_deadline()
                 if deadline is not None:
                     now = monotonic()
@@ -257,6 +259,8 @@ class Loop:
                         timers.run_due(now, self._timer_failed)
                         fired = True
                         now = 0.0  # the callbacks took time: read the clock again
+                    elif not timers._due:
+                        head = heap[0]
             # From here to the poll's return, a change made by a thread or a signal
             # handler writes a wake byte (see _waker): set *before* the wait is computed.
             waker.polling = True
@@ -270,10 +274,13 @@ class Loop:
                     timeout: float | None = 0.0
                 else:
                     timeout = self._loop_timeout if limit is None else limit
-                    if timers._heap or timers._due:
-                        # Read again inside the window: a timer a thread added before
-                        # the flag was set is seen here (docs/internals.md#lost-wakeup).
-                        deadline = timers.next_deadline()
+                    if heap or timers._due:
+                        # Looked at again inside the window: a timer a thread added
+                        # before the flag was set is seen here (it is the new head, or
+                        # the head was cancelled): docs/internals.md#lost-wakeup.
+                        if (head is None or timers._due or not heap or heap[0] is not head
+                                or head[2] is None):
+                            deadline = timers.next_deadline()
                         if deadline is not None:
                             wait = deadline - (now or monotonic())
                             if timeout is None or wait < timeout:
