@@ -2,7 +2,7 @@
 
 Run from the repository root (Linux, 2 cores or more; needs wrk, nginx, haproxy)::
 
-    python benchmarks/http_bench.py                     # 5 rounds of 3 s, about 5 minutes
+    python benchmarks/http_bench.py                     # 5 rounds of 3 s, about 3.5 minutes
     python benchmarks/http_bench.py --rounds 3 --only static
 
 1. **Static files**: ``examples/static_server.py`` (danga, ``write_file`` + ``tcp_cork``)
@@ -21,7 +21,14 @@ to one core (``--server-cpu``), wrk to the other (``--client-cpu``), the proxies
 backend nginx with wrk. Rounds are interleaved (each round runs every server once, in
 an order that rotates per round). It prints requests/s as median (min-max) over the
 rounds and each server's ratio to nginx (static) or haproxy (proxy) as the median
-(min-max) of the per-round ratios, in markdown tables. Every server is killed at the end.
+(min-max) of the per-round ratios, in markdown tables, with the CPU (user and system,
+from /proc/PID/stat) that the process under test spent per request. Every server is
+killed at the end.
+
+On a 2-core machine the proxy test cannot make the proxy the bottleneck: with the
+proxy alone on one core, wrk and the backend nginx saturate the other, so requests/s
+is close to the same ceiling for every proxy and the CPU per request is the figure
+that separates them (docs/connect.md, "Figures").
 """
 
 from __future__ import annotations
