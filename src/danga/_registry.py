@@ -117,9 +117,6 @@ class Foreign:
         self._gen = 0
         self._ident = 0
 
-    def _lost_fd(self) -> None:
-        self.closed = True  # the registry drops it; the fd was never danga's to close
-
 
 class Registry:
     """fd state for one loop; see the module documentation."""
@@ -144,7 +141,8 @@ class Registry:
         "waker_fd",
     )
 
-    def __init__(self, poller_cls: type[Poller], on_lost: Callable[[Any, str], None]) -> None:
+    def __init__(self, poller_cls: type[Poller],
+                 on_lost: Callable[[Any, str, bool], None]) -> None:
         """Raises OSError: the poller cannot be created (out of fds)."""
         self.poller_cls = poller_cls
         self.backend: Poller = poller_cls()
@@ -162,7 +160,9 @@ class Registry:
         self.floor = 0  # events of polls before this generation are stale (reset, rebuild)
         self.closed = False  # the loop is closed: nothing may be added
         self.waker_fd = -1
-        self.on_lost = on_lost  # on_lost(record, why): the loop logs and closes it
+        # on_lost(socket, why, gone): the loop closes it; gone: its fd number is not its
+        # file any more, so it must never be closed again.
+        self.on_lost = on_lost
 
     # -- registration ------------------------------------------------------------------
 
@@ -226,11 +226,19 @@ class Registry:
         Raises:
             KeyError: no callback is registered for *fd*.
         """
-        rec = self.foreign.pop(fd)
-        rec.closed = True
-        if not self._owned(fd):
-            self._unwatch(fd)
+        rec = self.foreign[fd]
+        self._drop_foreign(rec)
         return rec
+
+    def _drop_foreign(self, rec: Foreign) -> None:
+        # Forget an other_fds record and its kernel registration (a live Socket on the
+        # same number keeps its own); the fd was never danga's to close.
+        fd = rec.fd
+        if self.foreign.get(fd) is rec:
+            del self.foreign[fd]
+            if not self._owned(fd):
+                self._unwatch(fd)
+        rec.closed = True
 
     def detach(self, obj: Socket, *, forget: bool) -> None:
         """Remove *obj*'s kernel registration now (before its fd can be closed). With
@@ -247,11 +255,6 @@ class Registry:
             self.dirty[fd] = self.foreign[fd]
         else:
             self._unwatch(fd)
-
-    def forget(self, obj: Socket) -> None:
-        """Drop a closed *obj* from the descriptor map (its real close is next)."""
-        if self.descriptor_map.get(obj.fd) is obj:
-            del self.descriptor_map[obj.fd]
 
     def _owned(self, fd: int) -> bool:
         obj = self.descriptor_map.get(fd)
@@ -357,15 +360,12 @@ class Registry:
             self._lost(owner, f"the kernel says {getattr(exc, 'strerror', None) or exc}")
             return
         if isinstance(owner, Foreign):
-            if self.foreign.get(fd) is owner:
-                del self.foreign[fd]
-                self._unwatch(fd)
-            owner.closed = True
+            self._drop_foreign(owner)
             logger.error("danga: cannot watch other_fds fd %d (%s); its callback is "
                          "removed (the fd is not closed)", fd, exc)
             return
         logger.error("danga: cannot change the watch of fd %d: %s", fd, exc)
-        self.on_lost(owner, f"watch failed: {exc}")
+        self.on_lost(owner, f"watch failed: {exc}", False)
 
     def _lost(self, owner: Any, why: str) -> None:
         # The number is not this owner's file any more: drop the kernel's entry for it
@@ -375,13 +375,11 @@ class Registry:
                                     or self.foreign.get(fd) is owner):
             self._unwatch(fd)
         if isinstance(owner, Foreign):
-            if self.foreign.get(fd) is owner:
-                del self.foreign[fd]
-            owner._lost_fd()
+            self._drop_foreign(owner)
             logger.warning("danga: other_fds fd %d was closed behind danga's back (%s); "
                            "its callback is removed", fd, why)
             return
-        self.on_lost(owner, f"fd closed behind danga's back ({why})")
+        self.on_lost(owner, f"fd closed behind danga's back ({why})", True)
 
     def check_alive(self, owner: Any) -> bool:
         """On ERR: is the owner's file still open under its number? If not, it is lost
