@@ -426,3 +426,33 @@ def test_threadpool_http_client_against_http_server(loop):
         server.shutdown()
         server.server_close()
     assert results == {f"/item/{i}": f"/item/{i}".encode() for i in range(12)}
+
+
+def test_earlier_timer_from_a_thread_before_the_window_is_not_slept_through(loop,
+                                                                           monkeypatch):
+    # The wait reuses the heap head's deadline when the head did not change between
+    # the timers' run and the window. A thread adding an earlier timer right there
+    # (before the loop sets its polling flag, so no wake byte is written) changes the
+    # head: the loop must see it and not sleep on the old, far deadline.
+    loop.add_timer(3600, lambda: None)
+    fired: list[str] = []
+    real = danga.timers.TimerHeap.next_deadline
+    calls: list[int] = []
+
+    def next_deadline(heap: Any) -> float | None:
+        out = real(heap)
+        if not calls and heap is loop._timers:  # the look before the window: a thread acts right after it
+            calls.append(1)
+            t = threading.Thread(target=lambda: loop.add_timer(0, fired.append, "early"))
+            t.start()
+            t.join()
+        return out
+
+    monkeypatch.setattr(danga.timers.TimerHeap, "next_deadline", next_deadline)
+    dog = Watchdog(loop)
+    try:
+        loop.run_once()
+        assert calls and not dog.rescued, "slept on the old deadline"
+    finally:
+        dog.stop()
+    run_until(loop, lambda: fired == ["early"], timeout=2)

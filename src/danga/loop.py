@@ -281,6 +281,11 @@ class Loop:
                         if (head is None or timers._due or not heap or heap[0] is not head
                                 or head[2] is None):
                             deadline = timers.next_deadline()
+                        else:
+                            # Still the heap's live head, so still the earliest: its own
+                            # deadline (not the one read before, which a thread may have
+                            # undercut between that read and taking the head).
+                            deadline = head[0]
                         if deadline is not None:
                             wait = deadline - (now or monotonic())
                             if timeout is None or wait < timeout:
@@ -396,12 +401,12 @@ class Loop:
         if self._registry.waker_fd < 0 and not self._closed:
             self._renew_waker(None, again=True)
 
-    def _lose(self, obj: Any, why: str) -> None:
-        # The registry's verdict on an object: its fd is gone ("fd closed behind danga's
-        # back") or its watch was refused. Never closes the fd number if it is gone.
+    def _lose(self, obj: Any, why: str, gone: bool) -> None:
+        # The registry's verdict on an object: its fd is gone (closed behind danga's
+        # back) or its watch was refused. Never closes the fd number if it is gone.
         if obj.closed:
             return
-        if why.startswith("fd closed"):
+        if gone:
             logger.warning("%s: %s; closing it", obj.as_string(), why)
             obj._lost_fd()
         else:
