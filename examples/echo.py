@@ -112,6 +112,21 @@ class EchoServer(danga.Listener):
         Echo(conn, loop=self.loop, high_water=self.high_water)
 
 
+def serve(loop: danga.Loop, server: danga.Listener, *, grace: float) -> int:
+    """Announce *server*, run *loop* until SIGTERM/SIGINT drain it (GracefulShutdown),
+    close what is left; returns the exit code (0: every connection finished in time).
+    The examples' ``main()`` ends with it."""
+    shutdown = GracefulShutdown(loop, grace=grace)
+    print(f"listening on {server.local_addr_string()} (backend {loop.backend.name})",
+          flush=True)
+    try:
+        loop.run()
+    finally:
+        shutdown.remove()
+        close_all(loop)
+    return 0 if shutdown.clean else 1
+
+
 def drain(loop: danga.Loop) -> int:
     """Begin a graceful shutdown of *loop*: close its listeners, and ask every other
     object to finish (its ``finish()`` if it has one, else it is closed now).
@@ -197,15 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     loop = danga.Loop(args.backend)
     server = EchoServer.bind((args.host, args.port), loop=loop)
     server.high_water = args.high_water
-    shutdown = GracefulShutdown(loop, grace=args.grace)
-    print(f"listening on {server.local_addr_string()} (backend {loop.backend.name})",
-          flush=True)
-    try:
-        loop.run()
-    finally:
-        shutdown.remove()
-        close_all(loop)
-    return 0 if shutdown.clean else 1
+    return serve(loop, server, grace=args.grace)
 
 
 if __name__ == "__main__":

@@ -73,7 +73,7 @@ from urllib.parse import unquote_to_bytes
 
 # The signal wake-up and the shutdown are the echo example's (examples/ is on sys.path
 # when this file runs as a script).
-from echo import GracefulShutdown, close_all
+from echo import serve
 
 import danga
 
@@ -323,15 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     loop = danga.Loop(args.backend)
     server = LockServer(socket.create_server((args.host, args.port)), loop=loop,
                         idle_timeout=args.idle_timeout)
-    shutdown = GracefulShutdown(loop, grace=args.grace)
-    print(f"listening on {server.local_addr_string()} (backend {loop.backend.name})",
-          flush=True)
-    try:
-        loop.run()
-    finally:
-        shutdown.remove()
-        close_all(loop)
-    return 0 if shutdown.clean else 1
+    return serve(loop, server, grace=args.grace)
 
 
 if __name__ == "__main__":

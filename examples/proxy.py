@@ -37,7 +37,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from echo import GracefulShutdown, close_all
+from echo import serve
 
 import danga
 
@@ -233,15 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     proxy = Proxy(socket.create_server((args.host, args.port)), loop=loop,
                   pool=Pool(args.to, args.down_for), connect_timeout=args.connect_timeout,
                   idle=args.idle_timeout or None)
-    shutdown = GracefulShutdown(loop, grace=args.grace)
-    print(f"listening on {proxy.local_addr_string()} (backend {loop.backend.name})",
-          flush=True)
-    try:
-        loop.run()
-    finally:
-        shutdown.remove()
-        close_all(loop)
-    return 0 if shutdown.clean else 1
+    return serve(loop, proxy, grace=args.grace)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from echo import GracefulShutdown, close_all
+from echo import serve
 
 import danga
 
@@ -238,15 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     loop = danga.Loop(args.backend)
     server = StaticServer(socket.create_server((args.host, args.port)), loop=loop,
                           root=args.root, idle=args.idle_timeout or None)
-    shutdown = GracefulShutdown(loop, grace=args.grace)
-    print(f"listening on {server.local_addr_string()} (backend {loop.backend.name})",
-          flush=True)
-    try:
-        loop.run()
-    finally:
-        shutdown.remove()
-        close_all(loop)
-    return 0 if shutdown.clean else 1
+    return serve(loop, server, grace=args.grace)
 
 
 if __name__ == "__main__":
