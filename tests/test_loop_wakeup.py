@@ -441,7 +441,8 @@ def test_earlier_timer_from_a_thread_before_the_window_is_not_slept_through(loop
 
     def next_deadline(heap: Any) -> float | None:
         out = real(heap)
-        if not calls and heap is loop._timers:  # the look before the window: a thread acts right after it
+        # The look before the window: a thread acts right after it.
+        if not calls and heap is loop._timers:
             calls.append(1)
             t = threading.Thread(target=lambda: loop.add_timer(0, fired.append, "early"))
             t.start()
