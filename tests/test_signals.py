@@ -195,3 +195,44 @@ def test_forked_child_has_its_own_wakeup_channel(loop):
     assert parent_waker not in events, "the child's wakeup reached the parent"
     loop.wakeup()  # the parent's own still arrive
     assert parent_waker in dict(loop.backend.poll(1.0))
+
+
+def _loops_that_held_the_wakeup_fd(poller_cls: Any, n: int) -> list[danga.Loop]:
+    """*n* loops that each took the wakeup fd in turn and were never closed (a program
+    that drops loops, or earlier tests in this process)."""
+    loops = [danga.Loop(poller_cls) for _ in range(n)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # each takes it from the last
+        for lp in loops:
+            lp.add_signal_handler(SIG, lambda: None)
+    return loops
+
+
+def test_after_fork_only_the_holder_of_the_wakeup_fd_takes_it_again(loop, poller_cls):
+    # After fork every live loop renews its channel; the loops that held the wakeup fd
+    # before the current holder must not take it (one of them used to, by the order of
+    # a WeakSet: the child's signals then woke a loop nobody runs).
+    from danga.testing.suite import in_child
+
+    older = _loops_that_held_the_wakeup_fd(poller_cls, 6)
+    try:
+        with pytest.warns(RuntimeWarning, match="wakeup fd was held by another owner"):
+            loop.add_signal_handler(SIG, lambda: None)
+        out = in_child(lambda: loop._waker.write_fd == _wakeup_fd())
+        assert out is True
+    finally:
+        for lp in older:
+            lp.close()
+
+
+def test_closing_an_earlier_holder_leaves_the_wakeup_fd_to_the_current_one(loop, poller_cls):
+    older = _loops_that_held_the_wakeup_fd(poller_cls, 2)
+    try:
+        with pytest.warns(RuntimeWarning, match="wakeup fd was held by another owner"):
+            loop.add_signal_handler(SIG, lambda: None)
+        for lp in older:
+            lp.close()
+            assert _wakeup_fd() == loop._waker.write_fd
+    finally:
+        for lp in older:
+            lp.close()
