@@ -104,11 +104,15 @@ class SignalHandlers:
             self.remove(signum)
         self._give_back_wakeup_fd()
 
-    def rebind(self) -> None:
+    def rebind(self, *, unset_is_ours: bool = False) -> None:
         """Point the wakeup fd at the loop's renewed self-pipe (dead channel, fork), if
         the process's wakeup fd is still the one this object set: another owner that took
         it since keeps it. (After fork every live loop is renewed, also loops that a
-        test or a program dropped without closing; the last of them must not win.)"""
+        test or a program dropped without closing; the last of them must not win.)
+
+        *unset_is_ours*: an unset wakeup fd (-1) is taken too. For the first use of the
+        loop in a forked child: an at-fork hook registered after danga's may have cleared
+        it (asyncio's does, in every child, from Python 3.12 on)."""
         if self._old_wakeup_fd is None:
             return
         mine = self._waker.write_fd
@@ -116,7 +120,7 @@ class SignalHandlers:
             current = signal.set_wakeup_fd(mine, warn_on_full_buffer=False)
         except ValueError:  # not the main thread: the Python handler still wakes us
             return
-        if current == self._installed:
+        if current in (self._installed, mine) or (unset_is_ours and current == -1):
             self._installed = mine
         else:  # not ours any more: put the owner's back (a signal that lands in between
             # still runs its Python handler; only its wakeup byte went to our pipe)
