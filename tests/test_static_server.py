@@ -23,6 +23,8 @@ import danga
 from danga.testing import backend_matrix
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+#: The module's servers check a cached file on disk again after this many seconds.
+CACHE_VALID = 0.2
 CURL = shutil.which("curl")
 pytestmark = [
     pytest.mark.skipif(CURL is None, reason="curl is not installed (apt-get install curl)"),
@@ -86,7 +88,7 @@ def site(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(site, installed_backend) -> Iterator[str]:
     proc, port = start("static_server.py", "--root", str(site), "--backend",
-                       installed_backend)
+                       installed_backend, "--cache-valid", str(CACHE_VALID))
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -125,6 +127,41 @@ def test_head_404_405_and_no_path_traversal(server):
         assert b"not for you" not in res.stdout
     res = curl("-X", "POST", "-o", os.devnull, "-w", "%{http_code}", f"{server}/small.txt")
     assert res.stdout == b"405"
+
+
+def test_small_file_ranges_and_head(server, site):
+    # small.txt is answered from memory (one write), big.bin with write_file.
+    assert curl("-r", "7-11", f"{server}/small.txt").stdout == b"danga"
+    res = curl("-I", f"{server}/big.bin")
+    assert b"200 OK" in res.stdout and b"Content-Length: 3145745" in res.stdout
+
+
+@pytest.mark.parametrize("size", [100, 100_000])  # in memory, and through write_file
+def test_a_file_changed_on_disk_is_served_fresh(server, site, installed_backend, size):
+    import time
+
+    path = site / f"fresh-{installed_backend}-{size}.bin"
+    url = f"{server}/{path.name}"
+
+    def fresh_within(want: bytes) -> float:
+        # How long the old bytes are still served: at most the cache's validity.
+        changed = time.monotonic()
+        while True:
+            res = curl("-o", "-", "-w", "%{http_code}", url)
+            if res.stdout == want:
+                return time.monotonic() - changed
+            assert time.monotonic() - changed < CACHE_VALID + 5, res.stdout[-80:]
+
+    path.write_bytes(b"a" * size)
+    assert fresh_within(b"a" * size + b"200") < CACHE_VALID + 5
+    path.write_bytes(b"b" * (size + 1))  # changed in place
+    assert fresh_within(b"b" * (size + 1) + b"200") < CACHE_VALID + 1
+    tmp = path.with_suffix(".new")
+    tmp.write_bytes(b"c" * (size + 1))
+    os.replace(tmp, path)  # replaced: another file, same size
+    assert fresh_within(b"c" * (size + 1) + b"200") < CACHE_VALID + 1
+    path.unlink()
+    assert fresh_within(b"404 Not Found\n404") < CACHE_VALID + 1
 
 
 def test_keep_alive_reuses_the_connection(server, site):
