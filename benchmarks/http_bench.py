@@ -44,6 +44,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help=f"comma-separated workloads (default: {','.join(http.WORKLOADS)})")
     p.add_argument("--strace", action="store_true",
                    help="also count each static server's system calls per request")
+    p.add_argument("--before", type=Path,
+                   help="a source tree (with examples/ and src/) whose static server is "
+                        "measured too, as danga-before (an A/B in the same rounds)")
+    p.add_argument("--nginx-nocache", action="store_true",
+                   help="also measure nginx without open_file_cache")
     p.add_argument("--json", type=Path, help="write the runs here")
     args = p.parse_args(argv)
     keys = [k.strip() for k in args.only.split(",") if k.strip()]
@@ -62,7 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}", flush=True)
     opt = http.Options(seconds=args.duration, warmup=args.warmup, rounds=args.rounds,
                        connections=args.connections, server_cpu=args.server_cpu,
-                       client_cpu=args.client_cpu, strace=args.strace)
+                       client_cpu=args.client_cpu, strace=args.strace, before=args.before,
+                       nginx_nocache=args.nginx_nocache)
     start = time.monotonic()
     doc = http.run(keys, opt, lambda label: print(f"  {label}", file=sys.stderr, flush=True))
     for name, version in doc["versions"].items():

@@ -74,8 +74,7 @@ http {{
     access_log off;
     sendfile on;
     tcp_nopush on;
-    open_file_cache max=1000;
-    keepalive_requests 100000000;
+{cache}    keepalive_requests 100000000;
     default_type application/octet-stream;
     client_body_temp_path {tmp}/nginx-{port}-body;
     proxy_temp_path {tmp}/nginx-{port}-proxy;
@@ -200,10 +199,14 @@ def _first_line(cmd: list[str]) -> str:
     return lines[0] if lines else "?"
 
 
-def start_nginx(name: str, tmp: Path, root: Path, cpu: int | None) -> Server:
+def start_nginx(name: str, tmp: Path, root: Path, cpu: int | None,
+                cache: bool = True) -> Server:
+    """nginx, one process, with ``open_file_cache`` (as the danga server has one) unless
+    *cache* is False."""
     port = free_port()
     conf = tmp / f"nginx-{port}.conf"
-    conf.write_text(NGINX_CONF.format(tmp=tmp, port=port, root=root))
+    conf.write_text(NGINX_CONF.format(tmp=tmp, port=port, root=root, cache=(
+        "    open_file_cache max=1000;\n" if cache else "")))
     return Server(name, ["nginx", "-p", str(tmp), "-c", str(conf)], cpu, port,
                   _first_line(["nginx", "-v"]))
 
@@ -245,6 +248,11 @@ class Options:
     server_cpu: int | None = None
     client_cpu: int | None = None
     strace: bool = False
+    #: Also measure the static server of another source tree (its examples/ and src/),
+    #: as "danga-before": an A/B in the same interleaved rounds.
+    before: Path | None = None
+    #: Also measure nginx without open_file_cache, as "nginx-nocache".
+    nginx_nocache: bool = False
 
     @classmethod
     def of(cls, st: Settings, strace: bool = False) -> Options:
@@ -387,6 +395,16 @@ def run(keys: list[str], opt: Options, progress: Callable[[str], None] | None = 
                 cpu = opt.server_cpu
                 makers = _python_servers("static", root, ["--root", str(root)], cpu)
                 makers.insert(1, lambda: start_nginx("nginx", tmp, root, cpu))
+                if opt.nginx_nocache:
+                    makers.append(lambda: start_nginx("nginx-nocache", tmp, root, cpu,
+                                                      cache=False))
+                if opt.before is not None:
+                    before = opt.before
+                    makers.append(lambda: Server(
+                        "danga-before", ["env", f"PYTHONPATH={before / 'src'}", PY,
+                                         str(before / "examples" / "static_server.py"),
+                                         "--root", str(root)], cpu,
+                        version=f"danga from {before}"))
                 servers = [start(make) for make in makers]
                 for key in static:
                     name = _FILES[key][0]
