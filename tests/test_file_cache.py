@@ -7,13 +7,14 @@ counter the test moves, so validity is tested without sleeping.
 
 from __future__ import annotations
 
-import errno
 import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from danga_helpers import fd_open as is_open
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 import file_cache  # noqa: E402 (examples/ is not a package)
@@ -45,15 +46,6 @@ def root(tmp_path) -> Iterator[Path]:
     (www / "out").symlink_to(tmp_path / "secret")
     (www / "dir").mkdir()
     yield www
-
-
-def is_open(fd: int) -> bool:
-    try:
-        os.fstat(fd)
-    except OSError as exc:
-        assert exc.errno == errno.EBADF
-        return False
-    return True
 
 
 def test_small_files_in_memory_large_ones_keep_an_fd(root, clock):
