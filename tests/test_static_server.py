@@ -164,6 +164,33 @@ def test_a_file_changed_on_disk_is_served_fresh(server, site, installed_backend,
     assert fresh_within(b"404 Not Found\n404") < CACHE_VALID + 1
 
 
+def test_pipelined_requests_are_answered_in_order(server, site):
+    # Answers from memory (small.txt), through write_file (big.bin), errors and a
+    # closing HTTP/1.0 request, all sent at once.
+    import socket
+
+    port = int(server.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+        s.sendall(b"GET /small.txt HTTP/1.1\r\n\r\nHEAD /big.bin HTTP/1.1\r\n\r\n"
+                  b"GET /big.bin HTTP/1.1\r\nRange: bytes=1-3\r\n\r\n"
+                  b"GET /missing HTTP/1.1\r\n\r\nGET /big.bin HTTP/1.1\r\n\r\n"
+                  b"GET /small.txt HTTP/1.0\r\n\r\n")
+        got = bytearray()
+        while chunk := s.recv(1 << 20):
+            got += chunk
+    big = (site / "big.bin").read_bytes()
+    want = [(b"200 OK", b"hello, danga\n"), (b"200 OK", b""), (b"206 Partial Content", big[1:4]),
+            (b"404 Not Found", b"404 Not Found\n"), (b"200 OK", big),
+            (b"200 OK", b"hello, danga\n")]
+    rest = bytes(got)
+    for status, body in want:
+        head, _, rest = rest.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 " + status), head
+        assert rest[:len(body)] == body
+        rest = rest[len(body):]
+    assert rest == b"" and head.endswith(b"Connection: close")
+
+
 def test_keep_alive_reuses_the_connection(server, site):
     res = curl("-o", os.devnull, "-o", os.devnull, "-o", os.devnull,
                "-w", "%{num_connects} %{http_code}\n",
