@@ -45,7 +45,8 @@ def configure(p: argparse.ArgumentParser, defaults: dict[str, float], *, json: P
                    ",".join([*(w.key for w in harness.WORKLOADS), *http.WORKLOADS]) +
                    " (the last three: HTTP, with wrk, nginx and haproxy)")
     p.add_argument("--no-timers", action="store_true", help="skip the timer benchmark")
-    p.add_argument("--no-syscalls", action="store_true", help="skip the strace measurement")
+    p.add_argument("--no-syscalls", action="store_true",
+                   help="skip the strace measurements (echo and HTTP)")
     p.add_argument("--json", type=Path, default=json, help=f"where to write the JSON "
                                                            f"(default {json})")
     p.add_argument("--png", type=Path, default=png, help=f"where to draw the chart "
