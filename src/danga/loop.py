@@ -251,7 +251,10 @@ class Loop:
             now = 0.0  # a clock read this iteration may reuse (0.0: none yet)
             head = None  # the timer the deadline came from, while nothing fired
             if heap or timers._due:
-                deadline = timers.next_deadline()
+                if heap and not timers._due and heap[0][2] is not None:
+                    deadline = heap[0][0]  # a live head: no call (an idle timer, say)
+                else:
+                    deadline = timers.next_deadline()
                 if deadline is not None:
                     now = monotonic()
                     if deadline <= now:
