@@ -62,6 +62,9 @@ class HTTPConnection(danga.Socket):
     __slots__ = ("buf", "busy", "cache", "closing", "entry", "keep")
 
     max_idle_time: float | None = 60.0
+    # nginx's default sendfile_max_chunk (danga's default is Perlbal's 128 KiB step): a
+    # 1 MiB file goes in one sendfile when the client keeps up.
+    sendfile_max_chunk = 2 * 1024 * 1024
 
     def __init__(self, sock: socket.socket, *, loop: danga.Loop | None = None,
                  cache: FileCache) -> None:

@@ -296,10 +296,30 @@ class _Pong(danga.Socket):
             self.write(data)
 
 
+class BigStepSender(Sender):
+    sendfile_max_chunk = 4 * SENDFILE_CHUNK
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, None])
+def test_a_bad_sendfile_max_chunk_is_refused_before_anything_is_queued(loop, data_file, bad):
+    a, b = tcp_pair()
+    sender = Sender(a, loop=loop)
+    sender.sendfile_max_chunk = bad  # Sender has no __slots__: set on the instance
+    try:
+        with pytest.raises(ValueError, match=r"write_file\(\): Sender.sendfile_max_chunk "
+                                             r"must be a positive int"):
+            sender.write_file(data_file, 0, 10)
+        assert sender.write_buf_size == 0
+    finally:
+        sender.close()
+        b.close()
+
+
 @pytest.mark.timeout(60)
 def test_a_big_file_leaves_room_for_other_sockets(loop, data_file, content, monkeypatch):
-    # The fairness rule: one sendfile call of at most SENDFILE_CHUNK per writable event,
-    # the rest at the next one, after the other ready sockets of the poll were served.
+    # The fairness rule: one sendfile call of at most sendfile_max_chunk per writable
+    # event, the rest at the next one, after the other ready sockets of the poll were
+    # served. (A class's own chunk here; the default's steps are checked by SIZES.)
     calls: list[tuple[int, int]] = []  # (count asked, ping-pong answers so far)
     real = os.sendfile
 
@@ -309,7 +329,7 @@ def test_a_big_file_leaves_room_for_other_sockets(loop, data_file, content, monk
 
     monkeypatch.setattr(os, "sendfile", spy)
     a, b = tcp_pair()
-    sender, drain = Sender(a, loop=loop), _Drain(b, loop=loop)
+    sender, drain = BigStepSender(a, loop=loop), _Drain(b, loop=loop)
     p, q = socket.socketpair()
     pongs = [_Pong(p, loop=loop), _Pong(q, loop=loop)]
     for end in pongs:
@@ -319,9 +339,10 @@ def test_a_big_file_leaves_room_for_other_sockets(loop, data_file, content, monk
     sender.write_file(data_file, 0, BIG)
     run_until(loop, lambda: len(drain.got) >= BIG, 30.0)
     assert hashlib.sha256(drain.got).digest() == hashlib.sha256(content[:BIG]).digest()
-    assert calls[0][0] == SENDFILE_CHUNK  # a whole chunk asked at once, not 128 KiB steps
-    assert all(count <= SENDFILE_CHUNK for count, _ in calls)
-    assert len(calls) >= BIG // SENDFILE_CHUNK
+    chunk = BigStepSender.sendfile_max_chunk
+    assert calls[0][0] == chunk  # the class's whole chunk asked at once, not 128 KiB steps
+    assert all(count <= chunk for count, _ in calls)
+    assert len(calls) >= BIG // chunk
     # Between two chunks, the ping-pong (ready at every poll) was answered.
     answered = [n for _, n in calls[1:]]
     assert all(later > earlier for earlier, later in itertools.pairwise(answered)), calls

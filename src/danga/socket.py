@@ -54,12 +54,12 @@ else:
 _CORK_IGNORED = {errno.ENOPROTOOPT, errno.EOPNOTSUPP, errno.ENOTSOCK, errno.EINVAL}
 _WRITE_REASONS = {errno.EPIPE: "EPIPE", errno.ECONNRESET: "ECONNRESET"}
 _BUFFER_TYPES = (bytes, bytearray, memoryview)
-#: The most one writable event hands os.sendfile, in one call: a big file must not
-#: starve the other connections (Perlbal capped each step at 128 KiB; nginx's
-#: ``sendfile_max_chunk`` is 2 MiB by default). One call that the kernel takes whole is
-#: the common case on a fast client: a 1 MiB file is one sendfile, not eight, and needs
-#: no write watch at all.
-SENDFILE_CHUNK = 2 * 1024 * 1024
+#: The default of ``Socket.sendfile_max_chunk``: the most one writable event hands
+#: os.sendfile, in one call, so that a big file cannot starve the other connections
+#: (Perlbal's step, 128 KiB). A server of big files on fast clients raises it per class,
+#: as nginx's ``sendfile_max_chunk`` (2 MiB by default) does: a 1 MiB file is then one
+#: sendfile, not eight, and needs no write watch at all.
+SENDFILE_CHUNK = 128 * 1024
 #: The most the read-and-send fallback of write_file() reads at once.
 _PREAD_CHUNK = 64 * 1024
 # errnos of a first sendfile() that mean "not for this pair of files": read and send.
@@ -86,6 +86,9 @@ class Socket(DangaNames, Connecting):
         max_idle_time: a class attribute: seconds of inactivity after which every
             instance's :meth:`on_idle_timeout` runs (Perlbal's name; None or 0: off).
             :meth:`set_idle_timeout` changes it per instance.
+        sendfile_max_chunk: a class attribute: the most bytes :meth:`write_file` hands
+            ``os.sendfile`` per writable event (default 128 KiB, Perlbal's step; nginx's
+            ``sendfile_max_chunk`` is the same knob).
 
     Raises:
         TypeError: *sock* has no ``fileno()`` or no ``close()``.
@@ -129,6 +132,8 @@ class Socket(DangaNames, Connecting):
 
     #: Perlbal's idle limit for every instance of the class, in seconds (None: none).
     max_idle_time: float | None = None
+    #: The most bytes one writable event hands os.sendfile (fairness between sockets).
+    sendfile_max_chunk: int = SENDFILE_CHUNK
 
     def __init__(self, sock: Any, *, loop: Loop | None = None) -> None:
         if loop is None:
@@ -501,9 +506,10 @@ class Socket(DangaNames, Connecting):
         device ``pread`` can read, with *count* given). The file position is never
         moved, and danga never closes the file (it keeps a reference to the object until
         the region is sent or dropped). The region counts in ``write_buf_size``. At most
-        ``SENDFILE_CHUNK`` (2 MiB, in one ``sendfile`` call) go per writable event, so
-        one big file cannot starve other connections: the next chunk waits for the next
-        writable event, after the other ready connections of that poll were served.
+        ``sendfile_max_chunk`` bytes (128 KiB unless the class says otherwise, in one
+        ``sendfile`` call) go per writable event, so one big file cannot starve other
+        connections: the next chunk waits for the next writable event, after the other
+        ready connections of that poll were served.
         The fallback to reading is chosen before the first byte only (sendfile missing,
         EINVAL/ENOSYS/ENOTSUP/EOPNOTSUPP/ENOTSOCK, a writer function set, a file that is
         not regular); a file that turns out shorter than the region closes the object
@@ -516,7 +522,8 @@ class Socket(DangaNames, Connecting):
         Raises:
             TypeError: *file* has no fd, or *offset* / *count* is not an int.
             ValueError: a negative *offset* or *count*, a closed file, a pipe or socket
-                as the source, or a device without *count*.
+                as the source, a device without *count*, or a ``sendfile_max_chunk``
+                that is not a positive int.
             OSError: ``fstat`` of the file fails.
         """
         if isinstance(file, bool) or not isinstance(file, int):
@@ -540,6 +547,10 @@ class Socket(DangaNames, Connecting):
                 raise ValueError(f"write_file(): {name} must be >= 0, not {value}")
         if fd < 0:
             raise ValueError(f"write_file(): invalid fd {fd}")
+        chunk = self.sendfile_max_chunk
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+            raise ValueError(f"write_file(): {type(self).__name__}.sendfile_max_chunk must "
+                             f"be a positive int, not {chunk!r}")
         st = os.fstat(fd)
         regular = stat.S_ISREG(st.st_mode)
         if not regular:
@@ -568,7 +579,7 @@ class Socket(DangaNames, Connecting):
         False when the kernel took what it could now (or the object closed)."""
         if self.connecting:
             return False
-        want = min(region.left, SENDFILE_CHUNK)
+        want = min(region.left, self.sendfile_max_chunk)
         sendfile = getattr(os, "sendfile", None) if region.native else None
         while True:
             try:

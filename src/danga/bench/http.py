@@ -30,6 +30,8 @@ is missing, the workloads are skipped with the reason.
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import os
 import re
 import shutil
@@ -325,11 +327,8 @@ def _measure(targets: list[tuple[Server, str]], opt: Options, label: str,
 
 
 def _has_uvloop() -> bool:
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    # Found, not imported: the server that uses it is a child process.
+    return importlib.util.find_spec("uvloop") is not None
 
 
 def _python_servers(kind: str, root: Path, arg: list[str], cpu: int | None
@@ -355,9 +354,7 @@ def _python_servers(kind: str, root: Path, arg: list[str], cpu: int | None
     makers.append(lambda: Server(f"asyncio{suffix}", [PY, str(peer_path), *arg], cpu,
                                  version=f"asyncio of {pyv}"))
     if _has_uvloop():
-        import uvloop
-
-        uv = f"uvloop {getattr(uvloop, '__version__', '?')} on {pyv}"
+        uv = f"uvloop {importlib.metadata.version('uvloop')} on {pyv}"
         makers.append(lambda: Server(f"uvloop{suffix}", [PY, str(peer_path), *arg,
                                                          "--uvloop"], cpu, version=uv))
     return makers
