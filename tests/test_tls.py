@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import socket
 import ssl
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -175,4 +177,91 @@ def test_verification_failures_name_their_cause(loop, certs, hostname, ca, words
     # The server hears why from the client's alert.
     assert made[0].close_reason.startswith("tls_error: ")
     assert obj.got == b""
+    lsn.close()
+
+
+def test_close_notify_is_eof_and_plain_eof_is_truncation(loop, certs):
+    # A peer that closes the TCP connection without close_notify could be an attacker
+    # cutting the stream: the object is closed with "tls_truncated", after the
+    # plaintext that did arrive was read.
+    lsn, port, made = serve(loop, server_context(certs), Echo)
+
+    def client() -> bytes:
+        with tls_client(port, client_context(certs)) as conn:
+            conn.sendall(b"partial")
+            return recv_exactly(conn, 7)  # then close() sends no close_notify
+
+    assert peer(client).finish(loop) == b"partial"
+    run_until(loop, lambda: made[0].closed)
+    assert made[0].close_reason == "tls_truncated"
+    lsn.close()
+
+
+class Greeter(danga.Socket):
+    """Writes a line, then (with *then_close*) closes at once: close_notify goes after
+    the queued data, and close() does not wait for the peer's answer."""
+
+    def __init__(self, sock: Any, *, loop: danga.Loop, data: bytes = b"bye\n") -> None:
+        super().__init__(sock, loop=loop)
+        self.data = data
+
+    def on_tls_handshake(self) -> None:
+        self.write(self.data)
+        self.close("done")
+
+
+@pytest.mark.parametrize("size", [4, 1 << 20])
+def test_close_flushes_the_queue_then_close_notify_without_waiting(loop, certs, size):
+    data = b"d" * size
+    lsn, port, made = serve(loop, server_context(certs),
+                            lambda sock, loop: Greeter(sock, loop=loop, data=data))
+
+    def client() -> tuple[bytes, bytes]:
+        with tls_client(port, client_context(certs)) as conn:
+            conn.suppress_ragged_eofs = False  # a truncation would raise SSLEOFError
+            got = recv_exactly(conn, size)
+            return got, conn.recv(10)  # b"": close_notify; the client never answers it
+
+    got, eof = peer(client).finish(loop)
+    assert got == data and eof == b""
+    assert made[0].close_reason == "done" and made[0].tls is None
+    run_until(loop, lambda: loop.descriptor_map.keys() == {lsn.fd})  # nothing lingers
+    lsn.close()
+
+
+def test_close_gives_up_at_the_shutdown_timeout(loop, certs):
+    # The peer reads nothing: what is queued (and close_notify) cannot go, and the
+    # connection is closed for real at the shutdown timeout, not later.
+    made: list[danga.Socket] = []
+
+    def factory(sock: Any, *, loop: danga.Loop) -> danga.Socket:
+        obj = danga.Socket(sock, loop=loop)
+        obj.start_tls(server_context(certs), server_side=True, shutdown_timeout=0.2)
+        made.append(obj)
+        return obj
+
+    lsn = danga.Listener.bind(("127.0.0.1", 0), loop=loop, factory=factory)
+    done = threading.Event()
+
+    def client() -> None:
+        with tls_client(lsn.sock.getsockname()[1], client_context(certs)):
+            done.wait(10)  # reads nothing meanwhile
+
+    thread = peer(client)
+    try:
+        run_until(loop, lambda: made and made[0].write_buf_size == 0 and made[0].tls
+                  and made[0].tls.version() is not None)
+        obj = made[0]
+        while obj.write(b"q" * 65536):
+            pass
+        obj.close("done")
+        assert obj.closed and obj.tls is None and obj.close_reason == "done"
+        (lingering,) = (o for o in loop.descriptor_map.values() if o is not lsn)
+        start = time.monotonic()
+        run_until(loop, lambda: lingering.closed)
+        assert 0.15 < time.monotonic() - start < 2.0
+        assert lingering.close_reason == "tls_shutdown_timeout"
+    finally:
+        done.set()
+    thread.finish(loop)
     lsn.close()

@@ -302,11 +302,11 @@ class TLSEngine:
             self.timer.cancel()
             self.timer = None
         self._update_watch(sock)
-        sock.on_tls_handshake()
-        if sock.closed or sock._tls is not self:
+        self._release(sock)  # what was written during the handshake goes first
+        if sock.closed:
             return False
-        self._release(sock)
-        return not sock.closed
+        sock.on_tls_handshake()
+        return not sock.closed and sock._tls is self
 
     def timed_out(self, sock: Socket) -> None:
         self.timer = None
@@ -626,7 +626,9 @@ def _tls_class(cls: type[Socket]) -> type[Socket]:
         "event_read": event_read,
     }
     try:
-        sub = type(cls.__name__, (cls, _TLSSocket), namespace)
+        # (Socket itself cannot come before its own subclass _TLSSocket.)
+        bases = (_TLSSocket,) if cls is Socket else (cls, _TLSSocket)
+        sub = type(cls.__name__, bases, namespace)
     except TypeError as exc:
         raise TypeError(f"start_tls(): cannot add TLS to {cls.__qualname__}: {exc}") from exc
     _CLASSES[cls] = sub
