@@ -97,13 +97,17 @@ def test_echo_never_stalls_whatever_the_read_size(loop, certs, size):
 
 
 class Client(danga.Socket):
-    """Writes a greeting in __init__ (held until the handshake), collects plaintext."""
+    """Writes a greeting in __init__ (held until the handshake, when connect() started
+    TLS), collects plaintext."""
+
+    greeting = b"hello, held until the handshake\n"
 
     def __init__(self, sock: Any, *, loop: danga.Loop) -> None:
         super().__init__(sock, loop=loop)
         self.got = b""
         self.log: list[Any] = []
-        self.write(b"hello, held until the handshake\n")
+        if self.greeting:
+            self.write(self.greeting)
         self.watch_read(True)
 
     def on_connect(self) -> None:
@@ -197,6 +201,10 @@ def test_close_notify_is_eof_and_plain_eof_is_truncation(loop, certs):
     lsn.close()
 
 
+class Quiet(Client):
+    greeting = b""
+
+
 class Greeter(danga.Socket):
     """Writes a line, then (with *then_close*) closes at once: close_notify goes after
     the queued data, and close() does not wait for the peer's answer."""
@@ -265,3 +273,176 @@ def test_close_gives_up_at_the_shutdown_timeout(loop, certs):
         done.set()
     thread.finish(loop)
     lsn.close()
+
+
+def test_handshake_timeout_closes_a_silent_client(loop, certs):
+    made: list[danga.Socket] = []
+
+    def factory(sock: Any, *, loop: danga.Loop) -> danga.Socket:
+        obj = Echo(sock, loop=loop)
+        obj.start_tls(server_context(certs), server_side=True, handshake_timeout=0.2)
+        made.append(obj)
+        return obj
+
+    lsn = danga.Listener.bind(("127.0.0.1", 0), loop=loop, factory=factory)
+    with socket.create_connection(lsn.sock.getsockname()) as raw:  # says nothing
+        start = time.monotonic()
+        run_until(loop, lambda: made and made[0].closed)
+        assert 0.15 < time.monotonic() - start < 2.0
+        assert made[0].close_reason == "tls_handshake_timeout"
+        assert made[0].log == [] and made[0].tls is None
+        raw.settimeout(5)
+        assert raw.recv(100) == b""  # closed, not merely forgotten
+    lsn.close()
+
+
+def tls_pair(loop: danga.Loop, certs: Any, server_cls: type[danga.Socket],
+             client_cls: type[danga.Socket], **server_kw: Any) -> tuple[Any, Any]:
+    """Two danga objects over a socketpair, TLS started on both (no thread)."""
+    a, b = socket.socketpair()
+    srv = server_cls(a, loop=loop)
+    cli = client_cls(b, loop=loop)
+    srv.start_tls(server_context(certs, **server_kw), server_side=True)
+    cli.start_tls(client_context(certs), server_side=False, server_hostname="localhost")
+    return srv, cli
+
+
+def test_writes_during_the_handshake_are_held_on_both_sides(loop, certs):
+    srv, cli = tls_pair(loop, certs, Quiet, Quiet)
+    assert srv.write(b"from the server") is False  # held: nothing can be encrypted yet
+    assert cli.write(b"from the client") is False
+    run_until(loop, lambda: srv.got == b"from the client" and cli.got == b"from the server")
+    assert srv.log == [("handshake", None, "TLSv1.3")]
+    assert cli.log == [("handshake", "localhost", "TLSv1.3")]
+
+
+def test_event_read_fires_only_for_plaintext_and_tickets_are_not_eof(loop, certs):
+    # A TLS 1.3 client's first readable event after the handshake may carry only
+    # NewSessionTicket records: no event_read (nothing to read), and not EOF.
+    class Reader(Quiet):
+        def event_read(self) -> None:
+            first = self.read(65536)
+            self.log.append(("event_read", first))
+            if first:
+                self.got += first
+            super().event_read()
+
+    go = threading.Event()
+
+    def handle(conn: ssl.SSLSocket) -> None:
+        go.wait(10)
+        conn.sendall(b"late data")
+        conn.unwrap()
+
+    port, thread = python_tls_server(certs, handle)
+    obj = danga.connect(("127.0.0.1", port), Reader, loop=loop,
+                        ssl=client_context(certs), server_hostname="localhost")
+    run_until(loop, lambda: any(e[0] == "handshake" for e in obj.log if isinstance(e, tuple)))
+    # The server wrote its tickets before its handshake returned: wait until every
+    # byte of them has left the kernel into the engine.
+    run_until(loop, lambda: unread(obj.sock) == 0 and obj._tls.starved)
+    assert not obj.closed
+    assert not [e for e in obj.log if e[0] == "event_read"]
+    go.set()
+    thread.finish(loop)
+    run_until(loop, lambda: obj.closed)
+    reads = [e[1] for e in obj.log if e[0] == "event_read"]
+    assert reads[0] == b"late data" and b"" not in reads  # never woken for nothing
+    assert obj.got == b"late data" and obj.close_reason == "eof" and "eof" in obj.log
+
+
+def unread(sock: socket.socket) -> int:
+    import fcntl
+    import struct
+    import termios
+
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[0]
+
+
+class LineServer(danga.Socket):
+    """An SMTP-like line server: "STARTTLS" switches to TLS, other lines are echoed."""
+
+    discard = False
+
+    def __init__(self, sock: Any, *, loop: danga.Loop, certs: Any) -> None:
+        super().__init__(sock, loop=loop)
+        self.certs = certs
+        self.lines: list[bytes] = []
+        self.error: Exception | None = None
+        self.write(b"220 ready\r\n")
+        self.watch_read(True)
+
+    def event_read(self) -> None:
+        data = self.read(65536)
+        if data is None:
+            self.close("eof")
+            return
+        while b"\n" in data:
+            line, _, data = data.partition(b"\n")
+            self.lines.append(line)
+            if line == b"STARTTLS\r":
+                self.push_back_read(data)  # the Danga idiom: unread the rest
+                self.write(b"220 go ahead\r\n")
+                try:
+                    self.start_tls(server_context(self.certs), server_side=True,
+                                   discard_buffered=self.discard)
+                except ValueError as exc:
+                    self.error = exc
+                    self.close("starttls refused")
+                return
+            self.write(b"echo " + line + b"\n")
+        if data:
+            self.push_back_read(data)
+
+
+@pytest.mark.parametrize("discard", [False, True])
+def test_starttls_refuses_or_drops_pipelined_plaintext(loop, certs, discard):
+    # CVE-2011-0411: bytes the client sent after STARTTLS, before the handshake, must
+    # never be processed as if they had come over TLS.
+    made: list[LineServer] = []
+
+    def factory(sock: Any, *, loop: danga.Loop) -> LineServer:
+        obj = type("LineServer", (LineServer,), {"discard": discard})(
+            sock, loop=loop, certs=certs)
+        made.append(obj)
+        return obj
+
+    lsn = danga.Listener.bind(("127.0.0.1", 0), loop=loop, factory=factory)
+
+    def client() -> bytes:
+        with socket.create_connection(lsn.sock.getsockname(), timeout=10) as raw:
+            assert recv_exactly(raw, 11) == b"220 ready\r\n"
+            raw.sendall(b"STARTTLS\r\nRCPT TO:<injected>\r\n")
+            assert recv_exactly(raw, 14) == b"220 go ahead\r\n"
+            try:
+                c = client_context(certs).wrap_socket(raw, server_hostname="localhost")
+            except (ssl.SSLError, OSError):
+                return b"no TLS"
+            with c:
+                c.sendall(b"NOOP\r\n")
+                return recv_exactly(c, 11)
+
+    reply = peer(client).finish(loop)
+    server = made[0]
+    if discard:
+        assert reply == b"echo NOOP\r\n"
+        assert server.lines == [b"STARTTLS\r", b"NOOP\r"]
+    else:
+        assert reply == b"no TLS"
+        assert isinstance(server.error, ValueError)
+        assert "discard_buffered" in str(server.error)
+        assert server.lines == [b"STARTTLS\r"]
+    lsn.close()
+
+
+def test_starttls_bytes_left_in_the_kernel_are_taken_as_tls(loop, certs):
+    # Pipelined bytes the server had not read yet go to the TLS engine, which refuses
+    # them: they fail the handshake instead of being read as plaintext.
+    a, b = socket.socketpair()
+    srv = Client(a, loop=loop)
+    srv.start_tls(server_context(certs), server_side=True)
+    b.sendall(b"RCPT TO:<injected>\r\n")
+    run_until(loop, lambda: srv.closed)
+    assert srv.close_reason.startswith("tls_error: ")
+    assert srv.got == b""
+    b.close()

@@ -303,10 +303,10 @@ class TLSEngine:
             self.timer = None
         self._update_watch(sock)
         self._release(sock)  # what was written during the handshake goes first
-        if sock.closed:
+        if sock._tls is not self:  # closed meanwhile (close() drops the engine)
             return False
         sock.on_tls_handshake()
-        return not sock.closed and sock._tls is self
+        return sock._tls is self
 
     def timed_out(self, sock: Socket) -> None:
         self.timer = None
