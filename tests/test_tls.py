@@ -446,3 +446,195 @@ def test_starttls_bytes_left_in_the_kernel_are_taken_as_tls(loop, certs):
     assert srv.close_reason.startswith("tls_error: ")
     assert srv.got == b""
     b.close()
+
+
+def test_write_file_over_tls_reads_encrypts_and_sends(loop, certs, tmp_path):
+    import hashlib
+    import os
+
+    body = os.urandom(300_000)
+    path = tmp_path / "body.bin"
+    path.write_bytes(body)
+
+    class FileServer(danga.Socket):
+        def on_tls_handshake(self) -> None:
+            self.write(b"head:")
+            with open(path, "rb") as f:
+                self.write_file(f, 10, len(body) - 10)  # keeps its own reference
+            self.write(b":tail")
+            self.write(lambda: self.close("sent"))
+
+    lsn, port, made = serve(loop, server_context(certs), FileServer)
+
+    def client() -> bytes:
+        with tls_client(port, client_context(certs)) as conn:
+            conn.suppress_ragged_eofs = False
+            out = bytearray()
+            while chunk := conn.recv(65536):
+                out += chunk
+            return bytes(out)
+
+    got = peer(client).finish(loop)
+    expected = b"head:" + body[10:] + b":tail"
+    assert hashlib.sha256(got).hexdigest() == hashlib.sha256(expected).hexdigest()
+    assert made[0].close_reason == "sent"
+    lsn.close()
+
+
+def test_write_buf_size_counts_ciphertext_and_back_pressure_works(loop, certs):
+    srv, cli = tls_pair(loop, certs, Quiet, Quiet)
+    run_until(loop, lambda: srv.log and cli.log)
+    cli.watch_read(False)  # the client reads nothing: the server's queue fills
+    total = 0
+    while srv.write(b"p" * 16384):
+        total += 16384
+    total += 16384
+    before = srv.write_buf_size
+    assert before > 0
+    assert srv.write(b"x" * 1000) is False
+    # One TLS 1.3 record: 5 bytes of header, 1 of content type, 16 of AEAD tag.
+    assert srv.write_buf_size - before == 1000 + 22
+    done: list[bool] = []
+    srv.write(lambda: done.append(True))  # runs once every byte before it was sent
+    assert not done
+    total += 1000
+    cli.watch_read(True)
+    run_until(loop, lambda: len(cli.got) == total)
+    assert done and srv.write_buf_size == 0
+    assert cli.got == b"p" * (total - 1000) + b"x" * 1000
+
+
+def test_renegotiation_is_refused_on_servers(loop, certs):
+    # A TLS 1.2 client asks to renegotiate ("R" to openssl s_client): the server refuses,
+    # even with a context whose OpenSSL would allow it (OpenSSL 3 allows it only with
+    # SSL_OP_ALLOW_CLIENT_RENEGOTIATION, which the test sets).
+    import os
+    import shutil
+    import subprocess
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("needs the openssl command (apt-get install openssl)")
+    ctx = server_context(certs, tls12=True)
+    if ssl.OPENSSL_VERSION_INFO >= (3,):
+        ctx.options |= 1 << 8  # SSL_OP_ALLOW_CLIENT_RENEGOTIATION
+    lsn, port, made = serve(loop, ctx, Echo)
+    proc = subprocess.Popen(
+        [openssl, "s_client", "-connect", f"127.0.0.1:{port}", "-tls1_2",
+         "-CAfile", str(certs["ca"]), "-servername", "localhost"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out = bytearray()
+
+    def seen(text: bytes) -> bool:
+        try:
+            out.extend(os.read(proc.stdout.fileno(), 65536))
+        except BlockingIOError:
+            pass
+        return text in out
+
+    try:
+        os.set_blocking(proc.stdout.fileno(), False)
+        proc.stdin.write(b"hello\n")
+        proc.stdin.flush()
+        run_until(loop, lambda: seen(b"\nhello\n"))
+        proc.stdin.write(b"R\n")
+        proc.stdin.flush()
+        run_until(loop, lambda: seen(b"no renegotiation") or out.count(b"verify return:1")
+                  > 2 or proc.poll() is not None)
+        run_until(loop, lambda: seen(b"no renegotiation") or proc.poll() is not None)
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdin.close()
+        proc.stdout.close()
+    assert b"RENEGOTIATING" in out
+    assert b"no renegotiation" in out, out.decode(errors="replace")[-500:]
+    lsn.close()
+
+
+def test_bad_arguments_name_the_call(loop, certs):
+    a, b = socket.socketpair()
+    obj = Quiet(a, loop=loop)
+    ctx = server_context(certs)
+    with pytest.raises(TypeError, match=r"start_tls\(context\) takes an ssl.SSLContext"):
+        obj.start_tls(object(), server_side=True)
+    with pytest.raises(TypeError, match="server_side"):
+        obj.start_tls(ctx)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="server_side must be True or False"):
+        obj.start_tls(ctx, server_side=1)
+    with pytest.raises(ValueError, match="handshake_timeout must be > 0"):
+        obj.start_tls(ctx, server_side=True, handshake_timeout=0)
+    with pytest.raises(TypeError, match="shutdown_timeout must be seconds"):
+        obj.start_tls(ctx, server_side=True, shutdown_timeout="1")
+    with pytest.raises(ValueError, match="server_hostname"):
+        obj.start_tls(client_context(certs), server_side=False)  # checks host names
+    assert obj.tls is None and type(obj) is Quiet
+    obj.start_tls(ctx, server_side=True)
+    assert obj.tls is not None and type(obj).__name__ == "Quiet"
+    with pytest.raises(ValueError, match="already started"):
+        obj.start_tls(ctx, server_side=True)
+    obj.close()
+    assert obj.tls is None and type(obj) is Quiet
+    with pytest.raises(ValueError, match="closed"):
+        obj.start_tls(ctx, server_side=True)
+    with pytest.raises(TypeError, match="ssl.SSLContext"):
+        danga.Listener.bind(("127.0.0.1", 0), loop=loop, ssl="cert.pem")
+    with pytest.raises(TypeError, match="Listener"):
+        danga.Listener(socket.socket(), loop=loop, ssl=True)
+    b.close()
+
+
+def test_an_ssl_socket_is_refused_with_a_pointer_to_start_tls(loop, certs):
+    with socket.socket() as raw:
+        wrapped = client_context(certs).wrap_socket(raw, server_hostname="localhost",
+                                                    do_handshake_on_connect=False)
+        with pytest.raises(TypeError, match="start_tls"):
+            danga.Socket(wrapped, loop=loop)
+        assert loop.watched_sockets() == 0
+        wrapped.close()
+
+
+def test_listener_tls_covers_writes_in_init_and_on_accept_overrides(loop, certs):
+    class Banner(danga.Socket):
+        def __init__(self, sock: Any, *, loop: danga.Loop) -> None:
+            super().__init__(sock, loop=loop)
+            self.write(b"220 banner, encrypted\r\n")  # TLS has started already
+            self.write(lambda: self.close("sent"))
+
+    class MyListener(danga.Listener):
+        def on_accept(self, conn: socket.socket, addr: Any) -> None:
+            Banner(conn, loop=self.loop)
+
+    lsn = MyListener(danga.Listener.listening_socket(("127.0.0.1", 0)), loop=loop,
+                     ssl=server_context(certs))
+
+    def client() -> bytes:
+        with tls_client(lsn.sock.getsockname()[1], client_context(certs)) as conn:
+            return recv_exactly(conn, 100)
+
+    assert peer(client).finish(loop) == b"220 banner, encrypted\r\n"
+    lsn.close()
+
+
+def test_connect_defaults_server_hostname_to_the_host(loop, certs):
+    lsn, port, made = serve(loop, server_context(certs), Echo)
+    obj = danga.connect(("localhost", port), Client, loop=loop, ssl=client_context(certs))
+    run_until(loop, lambda: obj.got == Client.greeting)
+    assert obj.tls.server_hostname == "localhost"
+    assert obj.log == ["connect", ("handshake", "localhost", "TLSv1.3")]
+    with pytest.raises(ValueError, match="server_hostname"):
+        danga.connect("/tmp/no-such.sock", Client, loop=loop, ssl=client_context(certs))
+    obj.close()
+    lsn.close()
+
+
+def test_steal_socket_ends_the_session(loop, certs):
+    srv, cli = tls_pair(loop, certs, Quiet, Quiet)
+    run_until(loop, lambda: srv.log and cli.log)
+    raw = srv.steal_socket()
+    assert srv.tls is None and srv.closed and type(srv) is Quiet
+    assert loop.descriptor_map.get(raw.fileno()) is None
+    raw.close()
+    run_until(loop, lambda: cli.closed)
+    # A hang-up (AF_UNIX, on backends that report it) closes first, as on any Socket.
+    assert cli.close_reason in ("tls_truncated", "event_hup")

@@ -700,6 +700,10 @@ def start_tls(sock: Socket, context: Any, *, server_side: Any, server_hostname: 
         sock._pb_size = 0
     if server_side:
         _refuse_renegotiation(context)
+    elif context.check_hostname and not server_hostname:
+        # (SSLObject does not check this itself: the host name would go unverified.)
+        raise ValueError("start_tls(): the context checks host names "
+                         "(check_hostname=True) and no server_hostname was given")
     incoming = ssl.MemoryBIO()
     outgoing = ssl.MemoryBIO()
     try:
