@@ -48,7 +48,8 @@ from .socket import MAX_READ, Socket
 if TYPE_CHECKING:
     from .timers import Timer
 
-__all__ = ["TLSEngine", "error_reason", "start_tls"]
+# The public API is Socket.start_tls and friends (socket.py); nothing here is public.
+__all__: list[str] = []
 
 #: The most ciphertext one raw read takes from the kernel.
 RAW_READ = 256 * 1024
