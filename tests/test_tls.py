@@ -3,6 +3,7 @@ module, on every backend."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import threading
@@ -689,3 +690,33 @@ def test_a_write_during_a_renegotiation_waits_for_the_read(loop, certs):
         proc.wait()
         proc.stdin.close()
         proc.stdout.close()
+
+
+def test_records_split_across_reads_complete_the_handshake(loop, certs):
+    # The ClientHello, the client's Finished and an application record each arrive in
+    # two pieces, the loop running in between: the engine must go back to the kernel
+    # for the rest, never stall on the half it has.
+    a, b = socket.socketpair()
+    srv = Quiet(a, loop=loop)
+    srv.start_tls(server_context(certs), server_side=True)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    cli = client_context(certs).wrap_bio(incoming, outgoing, server_hostname="localhost")
+
+    def send_in_halves(data: bytes) -> None:
+        for half in (data[:len(data) // 2], data[len(data) // 2:]):
+            b.sendall(half)
+            run_until(loop, lambda: unread(a) == 0)
+            loop.run_once(0)
+
+    for _ in range(2):  # the ClientHello, then the client's Finished
+        with contextlib.suppress(ssl.SSLWantReadError):
+            cli.do_handshake()
+        send_in_halves(outgoing.read())
+        run_until(loop, lambda: unread(b) > 0)
+        incoming.write(b.recv(65536))
+    run_until(loop, lambda: srv.log)
+    assert srv.log == [("handshake", None, "TLSv1.3")]
+    cli.write(b"x" * 5000)
+    send_in_halves(outgoing.read())
+    run_until(loop, lambda: len(srv.got) == 5000)
+    b.close()
