@@ -720,3 +720,25 @@ def test_records_split_across_reads_complete_the_handshake(loop, certs):
     send_in_halves(outgoing.read())
     run_until(loop, lambda: len(srv.got) == 5000)
     b.close()
+
+
+def test_set_writer_func_keeps_its_meaning_on_ciphertext(loop, certs):
+    # The writer function replaces send() as on any Socket: on a TLS object it gets the
+    # ciphertext, close_notify included; the TLS layer itself installs none.
+    srv, cli = tls_pair(loop, certs, Quiet, Quiet)
+    run_until(loop, lambda: srv.log and cli.log)
+    sent: list[bytes] = []
+
+    def writer(data: Any) -> int:
+        sent.append(bytes(data))
+        return srv.sock.send(data)
+
+    srv.set_writer_func(writer)
+    srv.write(b"secret plaintext")
+    run_until(loop, lambda: cli.got == b"secret plaintext")
+    assert len(sent) == 1 and b"secret" not in sent[0] and len(sent[0]) == 16 + 22
+    srv.close("done")
+    assert len(sent) == 2  # close_notify: one 24-byte alert record under TLS 1.3
+    assert len(sent[1]) == 24
+    run_until(loop, lambda: cli.closed)
+    assert cli.close_reason in ("eof", "event_hup")

@@ -476,21 +476,14 @@ class TLSEngine:
                 notify = self.outgoing.read()
         self.held = None
         self.pump = None
-        if notify and not sock.write_buf_size:
-            try:
-                sent = sock.sock.send(notify)
-            except OSError:
-                sent = 0
-            notify = notify[sent:]
-            if not notify:
+        # Through the write queue (a writer function still applies); usually one send.
+        if not notify or Socket.write(sock, notify) or sock.closed:
+            if not sock.closed:
                 Socket.close(sock, reason)
-                return
-        if not notify:
-            Socket.close(sock, reason)
+            sock.close_reason = reason  # also when sending close_notify failed
             return
-        # The queue (or close_notify) is not all out: a stand-in finishes sending it.
+        # The queue (close_notify last) is not all out: a stand-in finishes sending it.
         queue = [item for item in (sock._wbuf or ()) if not callable(item)]
-        queue.append(notify)
         loop = sock.loop
         raw = Socket.steal_socket(sock)
         sock.close_reason = reason
