@@ -267,7 +267,7 @@ def test_close_gives_up_at_the_shutdown_timeout(loop, certs):
         (lingering,) = (o for o in loop.descriptor_map.values() if o is not lsn)
         start = time.monotonic()
         run_until(loop, lambda: lingering.closed)
-        assert 0.15 < time.monotonic() - start < 2.0
+        assert 0.15 < time.monotonic() - start < 4.0  # the default: 30 s
         assert lingering.close_reason == "tls_shutdown_timeout"
     finally:
         done.set()
@@ -288,7 +288,7 @@ def test_handshake_timeout_closes_a_silent_client(loop, certs):
     with socket.create_connection(lsn.sock.getsockname()) as raw:  # says nothing
         start = time.monotonic()
         run_until(loop, lambda: made and made[0].closed)
-        assert 0.15 < time.monotonic() - start < 2.0
+        assert 0.15 < time.monotonic() - start < 4.0  # the default: 60 s
         assert made[0].close_reason == "tls_handshake_timeout"
         assert made[0].log == [] and made[0].tls is None
         raw.settimeout(5)
