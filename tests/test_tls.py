@@ -742,3 +742,20 @@ def test_set_writer_func_keeps_its_meaning_on_ciphertext(loop, certs):
     assert len(sent[1]) == 24
     run_until(loop, lambda: cli.closed)
     assert cli.close_reason in ("eof", "event_hup")
+
+
+def test_listener_tls_warns_when_on_accept_makes_no_socket(loop, certs, caplog):
+    kept: list[socket.socket] = []
+
+    class Keeper(danga.Listener):
+        def on_accept(self, conn: socket.socket, addr: Any) -> None:
+            kept.append(conn)  # handed elsewhere, not to a danga.Socket
+
+    lsn = Keeper(danga.Listener.listening_socket(("127.0.0.1", 0)), loop=loop,
+                 ssl=server_context(certs))
+    with socket.create_connection(lsn.sock.getsockname()):
+        run_until(loop, lambda: kept)
+    assert "TLS was not started" in caplog.text
+    assert not danga.socket.TLS_PENDING  # nothing left behind for a later Socket
+    kept[0].close()
+    lsn.close()
