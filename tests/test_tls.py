@@ -184,10 +184,10 @@ def test_verification_failures_name_their_cause(loop, certs, hostname, ca, words
     lsn.close()
 
 
-def test_close_notify_is_eof_and_plain_eof_is_truncation(loop, certs):
+def test_eof_without_close_notify_is_truncation(loop, certs):
     # A peer that closes the TCP connection without close_notify could be an attacker
     # cutting the stream: the object is closed with "tls_truncated", after the
-    # plaintext that did arrive was read.
+    # plaintext that did arrive was read (close_notify itself is EOF: the echo test).
     lsn, port, made = serve(loop, server_context(certs), Echo)
 
     def client() -> bytes:
@@ -206,8 +206,8 @@ class Quiet(Client):
 
 
 class Greeter(danga.Socket):
-    """Writes a line, then (with *then_close*) closes at once: close_notify goes after
-    the queued data, and close() does not wait for the peer's answer."""
+    """Writes *data* once the handshake is done and closes at once: close_notify goes
+    after the queued data, and close() does not wait for the peer's answer."""
 
     def __init__(self, sock: Any, *, loop: danga.Loop, data: bytes = b"bye\n") -> None:
         super().__init__(sock, loop=loop)
