@@ -781,3 +781,29 @@ def test_listener_tls_warns_when_on_accept_makes_no_socket(loop, certs, caplog):
     assert not danga.socket.TLS_PENDING  # nothing left behind for a later Socket
     kept[0].close()
     lsn.close()
+
+
+@pytest.mark.parametrize("with_cert", [True, False])
+def test_client_certificates(loop, certs, with_cert):
+    # The server requires a client certificate. Without one, TLS 1.3 lets the client
+    # finish its handshake first: the server's refusal reaches it afterwards, as an
+    # alert read with the data, and still goes to on_tls_error.
+    ctx = server_context(certs)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_verify_locations(certs["ca"])
+    lsn, port, made = serve(loop, ctx, Echo)
+    cctx = client_context(certs)
+    if with_cert:
+        cctx.load_cert_chain(certs["client"], certs["client.key"])
+    obj = danga.connect(("127.0.0.1", port), Client, loop=loop, ssl=cctx)
+    if with_cert:
+        run_until(loop, lambda: obj.got == Client.greeting)
+        subject = dict(pair[0] for pair in made[0].tls.getpeercert()["subject"])
+        assert subject["commonName"] == "danga client"
+        obj.close()
+    else:
+        run_until(loop, lambda: obj.closed and made and made[0].closed)
+        assert made[0].close_reason == "tls_error: PEER_DID_NOT_RETURN_A_CERTIFICATE"
+        assert obj.log[-1] == ("error", "SSLError")
+        assert obj.close_reason == "tls_error: TLSV13_ALERT_CERTIFICATE_REQUIRED"
+    lsn.close()
