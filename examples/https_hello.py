@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""An HTTPS server on danga: a ``danga.Listener`` with ``ssl=context``.
+"""An HTTPS server on danga: TLS started on each connection with ``start_tls``.
 
 Run it (make a certificate first, e.g. with the ``openssl`` CLI)::
 
@@ -21,11 +21,12 @@ Requests (HTTP/1.1, keep-alive, pipelining answered in order; GET and HEAD):
 
 What it shows:
 
-- **TLS is the listener's job.** ``Listener.bind(..., ssl=context)`` starts TLS on every
-  accepted connection before the factory's object sees a byte: ``read()`` returns
+- **TLS before the first byte.** Each connection calls ``start_tls(context,
+  server_side=True, ...)`` in its constructor; from then on ``read()`` returns
   plaintext, ``write()`` takes plaintext, and ``event_read`` fires only when plaintext
   can be read (also when it is still buffered inside OpenSSL). Nothing here knows about
-  ``SSLWantReadError``.
+  ``SSLWantReadError``. (``Listener.bind(..., ssl=context)`` does the same for every
+  accepted connection, with the default timeouts; this example sets its own.)
 - **Back-pressure, on ciphertext.** A large body is written in 64 KiB pieces only while
   ``write_buf_size`` is under the high-water mark; a *callable* queued behind them writes
   the next pieces once the earlier ones reached the kernel, so a slow client
@@ -45,7 +46,7 @@ import socket
 import ssl
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from functools import partial
 from urllib.parse import parse_qs, urlsplit
 
 from echo import serve
@@ -91,8 +92,11 @@ class HTTPSConnection(danga.Socket):
     __slots__ = ("buf", "busy", "closing", "keep", "left", "offset", "read_size")
 
     def __init__(self, sock: socket.socket, *, loop: danga.Loop | None = None,
-                 read_size: int = 65536) -> None:
+                 context: ssl.SSLContext, read_size: int = 65536,
+                 handshake_timeout: float = 60.0, shutdown_timeout: float = 30.0) -> None:
         super().__init__(sock, loop=loop)
+        self.start_tls(context, server_side=True, handshake_timeout=handshake_timeout,
+                       shutdown_timeout=shutdown_timeout)
         self.read_size = read_size
         self.buf = b""
         self.busy = False  # a response is being sent: later requests wait
@@ -215,15 +219,12 @@ def server_context(cert: str, key: str) -> ssl.SSLContext:
     return ctx
 
 
-def make_factory(read_size: int, handshake_timeout: float,
-                 shutdown_timeout: float) -> Callable[..., HTTPSConnection]:
+def make_factory(context: ssl.SSLContext, read_size: int = 65536,
+                 handshake_timeout: float = 60.0,
+                 shutdown_timeout: float = 30.0) -> Callable[..., HTTPSConnection]:
     """The listener's factory: an :class:`HTTPSConnection` with these settings."""
-    def factory(conn: socket.socket, *, loop: danga.Loop) -> HTTPSConnection:
-        obj = HTTPSConnection(conn, loop=loop, read_size=read_size)
-        obj.tls_handshake_timeout = handshake_timeout
-        obj.tls_shutdown_timeout = shutdown_timeout
-        return obj
-    return factory
+    return partial(HTTPSConnection, context=context, read_size=read_size,
+                   handshake_timeout=handshake_timeout, shutdown_timeout=shutdown_timeout)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -251,9 +252,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"cannot load --cert/--key: {exc}")
 
     loop = danga.Loop(args.backend)
-    server: Any = danga.Listener.bind(
-        (args.host, args.port), loop=loop, ssl=ctx,
-        factory=make_factory(args.read_size, args.handshake_timeout, args.shutdown_timeout))
+    server = danga.Listener.bind(
+        (args.host, args.port), loop=loop,
+        factory=make_factory(ctx, args.read_size, args.handshake_timeout,
+                             args.shutdown_timeout))
     return serve(loop, server, grace=args.grace)
 
 

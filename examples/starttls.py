@@ -56,6 +56,9 @@ import danga
 
 #: The longest command line accepted, in bytes.
 MAX_LINE = 1000
+#: How long a connection that is closing waits for its client to close after the last
+#: reply (a lingering close: see ``SMTPConnection.reply``).
+LINGER = 2.0
 #: What may be said before STARTTLS.
 _BEFORE_TLS = {b"EHLO", b"HELO", b"STARTTLS", b"NOOP", b"QUIT"}
 
@@ -63,7 +66,8 @@ _BEFORE_TLS = {b"EHLO", b"HELO", b"STARTTLS", b"NOOP", b"QUIT"}
 class SMTPConnection(danga.Socket):
     """One client: the greeting, then one command per line."""
 
-    __slots__ = ("buf", "context", "handshake_timeout", "read_size", "shutdown_timeout")
+    __slots__ = ("buf", "closing", "context", "handshake_timeout", "linger", "read_size",
+                 "shutdown_timeout")
 
     def __init__(self, sock: socket.socket, *, loop: danga.Loop | None = None,
                  context: ssl.SSLContext, read_size: int = 65536,
@@ -74,6 +78,8 @@ class SMTPConnection(danga.Socket):
         self.handshake_timeout = handshake_timeout
         self.shutdown_timeout = shutdown_timeout
         self.buf = b""  # a line not complete yet
+        self.closing: str | None = None  # the close reason, once closing
+        self.linger: danga.Timer | None = None
         self.write(b"220 danga ESMTP ready\r\n")
         self.watch_read(True)
 
@@ -84,7 +90,9 @@ class SMTPConnection(danga.Socket):
     def event_read(self) -> None:
         data = self.read(self.read_size)
         if data is None:
-            self.close("eof")
+            self.close(self.closing or "eof")
+            return
+        if self.closing:  # input after the last reply is read and dropped
             return
         buf = self.buf + data
         line, sep, rest = buf.partition(b"\n")
@@ -131,16 +139,45 @@ class SMTPConnection(danga.Socket):
                            handshake_timeout=self.handshake_timeout,
                            shutdown_timeout=self.shutdown_timeout)
         except ValueError:
-            self.watch_read(False)  # and so no re-fire for the pushed-back bytes
             self.reply(b"554 5.5.1 Error: plaintext after STARTTLS refused",
                        close="starttls_pipelined")
 
     def reply(self, text: bytes, close: str | None = None) -> None:
-        """Write one reply line; with *close*, close once it has been sent."""
+        """Write one reply line; with *close*, close once it has been sent.
+
+        The close lingers: closing a socket with unread input makes the kernel reset
+        the connection, and a reset can destroy the reply before the client reads it.
+        So a plaintext connection half-closes once the reply is sent and reads (and
+        drops) the client's input until the client closes too, ``LINGER`` seconds at
+        most; a TLS connection closes at once (its close_notify tells the client to
+        stop)."""
         self.write(text + b"\r\n")
-        if close is not None:
-            self.watch_read(False)
-            self.write(lambda: self.close(close))
+        if close is None or self.closing:
+            return
+        self.closing = close
+        self.linger = self.loop.add_timer(LINGER, self.close, close)
+        self.write(self.half_close)  # runs once the reply has reached the kernel
+
+    def half_close(self) -> None:
+        if self.closed:
+            return
+        if self.tls is not None:
+            self.close(self.closing)
+            return
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.close(self.closing)
+
+    def event_hup(self) -> None:
+        # The client's close after our half-close ends the linger (both ways shut).
+        self.close(self.closing or "event_hup")
+
+    def close(self, reason: str | None = None) -> None:
+        if self.linger is not None:
+            self.linger.cancel()
+            self.linger = None
+        super().close(reason)
 
 
 class SMTPServer(danga.Listener):
