@@ -262,6 +262,58 @@ def report(samples: dict[str, dict[str, list[dict[str, Any]]]], srvs: list[harne
                       *cpu])
 
 
+def profile(server: harness.Server, wl: Workload, st: harness.Settings, loadgen: Path,
+            top: int = 20) -> str:
+    """Where *server* spends its time on *wl*: py-spy samples it (``--native`` off: the
+    Python frames) while the load generator runs; the report lists the functions with
+    the most samples, by their own time and including what they call.
+
+    Raises RuntimeError when py-spy is missing or fails."""
+    pyspy = shutil.which("py-spy")
+    if pyspy is None:
+        raise RuntimeError("py-spy is not installed (pip install py-spy)")
+    srv = harness.ServerProcess(server, st.server_cpu, warm=False)
+    try:
+        tls_warm_up(srv.port, srv.pid)
+        gen = subprocess.Popen(
+            [str(loadgen), "--mode", wl.mode, "--port", str(srv.port), "--server-pid",
+             str(srv.pid), "--conns", str(wl.conns), "--size", str(wl.size), "--warmup",
+             str(st.warmup), "--duration", str(st.duration), "--ciphersuite", SUITE],
+            stdout=subprocess.DEVNULL, preexec_fn=harness.pin(st.client_cpu))
+        with tempfile.NamedTemporaryFile(suffix=".txt") as out:
+            time.sleep(st.warmup)  # profile the measured part only
+            proc = subprocess.run([pyspy, "record", "-p", str(srv.pid), "-r", "400", "-d",
+                                   str(max(1, int(st.duration))), "-f", "raw", "-o", out.name],
+                                  capture_output=True, text=True, timeout=60, check=False)
+            gen.wait(timeout=60)
+            if proc.returncode != 0:
+                raise RuntimeError(f"py-spy failed: {proc.stderr.strip()[-300:]}")
+            stacks = Path(out.name).read_text().splitlines()
+    finally:
+        srv.stop()
+    own: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    total = 0
+    for line in stacks:
+        stack, _, count = line.rpartition(" ")
+        n = int(count)
+        total += n
+        frames = [f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0].rsplit("/", 1)[-1]
+                  + ")" for f in stack.split(";") if f]
+        if frames:
+            own[frames[-1]] = own.get(frames[-1], 0) + n
+        for f in set(frames):
+            incl[f] = incl.get(f, 0) + n
+    lines = [f"{server.name} on {wl.title}: {total} samples", "",
+             "| own time | function | | including callees | function |",
+             "|---|---|---|---|---|"]
+    by_own = sorted(own.items(), key=lambda kv: -kv[1])[:top]
+    by_incl = sorted(incl.items(), key=lambda kv: -kv[1])[:top]
+    for (f1, n1), (f2, n2) in zip(by_own, by_incl, strict=False):
+        lines.append(f"| {n1 / total:.1%} | `{f1}` | | {n2 / total:.1%} | `{f2}` |")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="benchmarks/tls_bench.py",
                                 description=__doc__.split("\n\n")[0] if __doc__ else None)
@@ -271,6 +323,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--only", action="append", choices=[w.key for w in WORKLOADS],
                    help="run this workload only (repeatable)")
     p.add_argument("--json", type=Path, default=None, help="also write the samples here")
+    p.add_argument("--profile", choices=[w.key for w in WORKLOADS if w.mode != "idle"],
+                   help="instead: profile danga's server on this workload with py-spy")
     args = p.parse_args(argv)
     harness.raise_nofile()
     st = harness.Settings(warmup=args.warmup, duration=args.duration, rounds=args.rounds)
@@ -286,6 +340,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"tls_bench: {exc}", file=sys.stderr)
             return 2
         srvs, skipped = servers(cert, key)
+        if args.profile:
+            wl = next(w for w in WORKLOADS if w.key == args.profile)
+            try:
+                print(profile(srvs[0], wl, st, loadgen))
+            except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                print(f"tls_bench: {exc}", file=sys.stderr)
+                return 2
+            return 0
         samples, errors = execute(srvs, workloads, st, loadgen)
     print(f"python {platform.python_version()}, {ssl.OPENSSL_VERSION}, "
           f"{len(cores)} cores (server on {st.server_cpu}, load generator on {st.client_cpu}), "
