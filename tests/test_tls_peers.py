@@ -180,11 +180,14 @@ def read_size(request: pytest.FixtureRequest) -> int:
 
 def https_listen(loop: danga.Loop, certs: Certs, read_size: int = 65536, *,
                  handshake_timeout: float = 10.0, shutdown_timeout: float = 10.0,
-                 sndbuf: int | None = None) -> int:
+                 sndbuf: int | None = None, cls: type | None = None) -> int:
     """examples/https_hello.py's listener on *loop*; returns its port. *sndbuf* sets the
-    accepted sockets' SO_SNDBUF (small: the kernel pushes back sooner)."""
+    accepted sockets' SO_SNDBUF (small: the kernel pushes back sooner); *cls* replaces
+    the connection class (a subclass that records what it does)."""
     make = https_hello.make_factory(certs.server_context(), read_size, handshake_timeout,
                                     shutdown_timeout)
+    if cls is not None:
+        make = functools.partial(cls, **make.keywords)  # type: ignore[attr-defined]
 
     def factory(conn: socket.socket, *, loop: danga.Loop) -> Any:
         if sndbuf is not None:
@@ -221,25 +224,28 @@ def test_curl_1mb_body_and_keep_alive(loop, certs, https_port, tmp_path):
 
 @needs_curl
 def test_curl_limit_rate_back_pressure(loop, certs, read_size, tmp_path):
-    # curl reads at 8 MB/s and the server's socket buffer is small: the kernel pushes
+    # curl reads at 4 MB/s and the server's socket buffer is small: the kernel pushes
     # back, the example stops writing pieces (its write queue stays bounded) and goes
     # on as curl drains it. (Loopback's default buffers would take the whole body.)
-    https_port = https_listen(loop, certs, read_size, sndbuf=32768)
-    queued: list[int] = []
+    steps: list[tuple[int, int]] = []  # (body bytes left, bytes queued) after each step
 
-    def watch() -> None:
-        queued.extend(c.write_buf_size for c in connections(loop, https_hello.HTTPSConnection))
-        loop.add_timer(0.005, watch)
+    class Probe(https_hello.HTTPSConnection):
+        __slots__ = ()
 
-    watch()
-    res = curl(loop, certs, https_port, "--limit-rate", "8M", "-w", "%{http_code}",
+        def send_body(self) -> None:
+            super().send_body()
+            steps.append((self.left, self.write_buf_size))
+
+    https_port = https_listen(loop, certs, read_size, sndbuf=32768, cls=Probe)
+    res = curl(loop, certs, https_port, "--limit-rate", "4M", "-w", "%{http_code}",
                "-o", str(tmp_path / "body"), f"https://localhost:{https_port}/bytes/1000000")
     assert res.returncode == 0, res.stderr
     assert res.stdout == b"200"
     assert sha((tmp_path / "body").read_bytes()) == sha(pattern(1_000_000))
-    assert max(queued) > 0, "the kernel never pushed back: nothing was ever queued"
+    paused = [left for left, _ in steps if left]
+    assert paused, f"the kernel never pushed back: {steps}"
     # High water, plus one piece and its TLS framing.
-    assert max(queued) < https_hello.HIGH_WATER + 2 * https_hello.PIECE
+    assert max(queued for _, queued in steps) < https_hello.HIGH_WATER + 2 * https_hello.PIECE
 
 
 def s_client(loop: danga.Loop, certs: Certs, port: int, *args: str,
