@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from .connect import _State
     from .loop import Loop, PostLoopCallback
     from .timers import Timer
+    from .tls import TLSEngine
 
 __all__ = ["MAX_READ", "Socket"]
 
@@ -112,6 +113,7 @@ class Socket(DangaNames, Connecting):
         "_send",
         "_sendv",
         "_tcp",
+        "_tls",
         "_wbuf",
         "_write_set_watch",
         "_writer",
@@ -144,6 +146,8 @@ class Socket(DangaNames, Connecting):
                 "would close it under the new object; to keep the socket, take it with "
                 "steal_socket() instead of close()")
         is_socket = isinstance(sock, _socket.socket)
+        if is_socket and type(sock) is not _socket.socket:
+            _refuse_ssl_socket(sock)
         try:
             # getblocking() reads the socket object's own state (no system call): an
             # accepted connection that the Listener made non-blocking costs no second
@@ -177,6 +181,7 @@ class Socket(DangaNames, Connecting):
         self._local: tuple[str | None, str | None] | None = None
         self.connecting = False
         self._conn: _State | None = None
+        self._tls: TLSEngine | None = None  # the TLS layer (tls.py), once start_tls ran
         # Idle timeouts: seconds (0.0: off); _last_active and _idle_timer are only read
         # while it is on, so an object without one pays one false test per read/write.
         self._idle = 0.0
@@ -215,6 +220,10 @@ class Socket(DangaNames, Connecting):
             raise
         if self.max_idle_time:
             self.set_idle_timeout(self.max_idle_time)
+        if TLS_PENDING:  # Listener(ssl=...) / connect(ssl=...): TLS from the first write
+            spec = TLS_PENDING.pop(fd, None)
+            if spec is not None and spec[0] is sock:
+                self.start_tls(spec[1], **spec[2])
 
     # -- the events (override these) -----------------------------------------------------
 
@@ -550,6 +559,8 @@ class Socket(DangaNames, Connecting):
             return True
         if not count:
             return not self.write_buf_size
+        if self._tls is not None:  # TLS: read, encrypt and send (tls.py), no sendfile
+            return self._tls.write_file(self, fd, offset, count, file)
         region = _FileRegion(fd, offset, count, file if file is not fd else None,
                              native=regular and self._writer is None)
         self._queue().append(region)
@@ -838,6 +849,74 @@ class Socket(DangaNames, Connecting):
             disown(raw)
             self.sock = None
 
+    # -- TLS (the engine is in tls.py) -------------------------------------------------
+
+    def start_tls(self, context: Any, *, server_side: bool,
+                  server_hostname: str | None = None, handshake_timeout: float = 60.0,
+                  shutdown_timeout: float = 30.0, discard_buffered: bool = False) -> None:
+        """Start TLS on this connection (docs/tls.md): from now on :meth:`read` returns
+        plaintext, :meth:`write` takes plaintext, and ``event_read`` fires only when
+        plaintext can be read. Writes made before the handshake completes are held and
+        sent after it; :meth:`on_tls_handshake` runs when it completes,
+        :meth:`on_tls_error` when it fails. A handshake that takes longer than
+        *handshake_timeout* seconds closes the object with ``"tls_handshake_timeout"``;
+        :meth:`close` sends close_notify and gives the write queue at most
+        *shutdown_timeout* seconds to drain.
+
+        A client (``server_side=False``) verifies the peer as *context* says, against
+        *server_hostname*. A server context gets ``ssl.OP_NO_RENEGOTIATION`` the first
+        time it is used here (clear it from ``context.options`` to allow renegotiation).
+
+        Raises:
+            TypeError: *context* is not an ``ssl.SSLContext``, *server_side* is not a
+                bool, or a timeout is not a number.
+            ValueError: TLS was already started, the object is closed or not a
+                socket, a timeout is not > 0, *server_hostname* is missing where the
+                context checks host names, or plaintext was pushed back and is still
+                unread (it would be taken as if it came over TLS: read it first, or
+                pass ``discard_buffered=True`` to drop it).
+        """
+        from .tls import start_tls
+
+        start_tls(self, context, server_side=server_side, server_hostname=server_hostname,
+                  handshake_timeout=handshake_timeout, shutdown_timeout=shutdown_timeout,
+                  discard_buffered=discard_buffered)
+
+    @property
+    def tls(self) -> Any:
+        """The ``ssl.SSLObject`` of a TLS connection (``cipher()``, ``version()``,
+        ``getpeercert()``, ``selected_alpn_protocol()``...), or None: before
+        :meth:`start_tls` and after :meth:`close`."""
+        engine = self._tls
+        return None if engine is None else engine.obj
+
+    def on_tls_handshake(self) -> None:
+        """Called once the TLS handshake has completed (``self.tls`` tells the version,
+        the cipher and the peer's certificate); the writes held meanwhile are sent right
+        after it. The default does nothing."""
+
+    def on_tls_error(self, exc: Exception) -> None:
+        """Called when TLS fails (*exc*: an ``ssl.SSLError``, e.g.
+        ``ssl.SSLCertVerificationError``). The default closes the object with a reason
+        that names the error, such as ``"tls_error: CERTIFICATE_VERIFY_FAILED: Hostname
+        mismatch, certificate is not valid for 'example.org'."``; if an override returns
+        without closing, danga closes with that reason anyway (the TLS session is
+        unusable)."""
+        from .tls import error_reason
+
+        self.close(error_reason(exc))
+
+    def _raw_read(self, n: int) -> bytes | None:
+        # The TLS layer's ciphertext read: one recv, as read(), never the pushed-back
+        # plaintext. b"": nothing now; None: EOF or an error.
+        pb = self._pb
+        self._pb = None
+        try:
+            return Socket.read(self, n)
+        finally:
+            if not self.closed:
+                self._pb = pb
+
     # -- TCP_CORK ------------------------------------------------------------------------
 
     def tcp_cork(self, on: bool) -> None:
@@ -966,6 +1045,22 @@ class _FileRegion:
 
     def __call__(self) -> None:  # pragma: no cover - never called (see the docstring)
         raise AssertionError("a file region in the write queue is never called")
+
+
+#: The TLS that Listener(ssl=...) and connect(ssl=...) start on the Socket made of a
+#: socket: fd -> (socket, context, start_tls keywords), taken by Socket.__init__.
+TLS_PENDING: dict[int, tuple[Any, Any, dict[str, Any]]] = {}
+
+
+def _refuse_ssl_socket(sock: Any) -> None:
+    """Raises TypeError for an ``ssl.SSLSocket``: danga keeps the raw socket and runs
+    TLS itself (an SSLSocket hides plaintext from the poller and stalls)."""
+    ssl = sys.modules.get("ssl")
+    if ssl is not None and isinstance(sock, ssl.SSLSocket):
+        raise TypeError(
+            "danga.Socket() takes the plain socket, not an ssl.SSLSocket: wrap the "
+            "socket itself and call start_tls(context, server_side=...) on the object "
+            "(or use Listener(..., ssl=context) / danga.connect(..., ssl=context))")
 
 
 def _fd_of(sock: Any) -> int:
