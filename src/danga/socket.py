@@ -892,8 +892,8 @@ class Socket(DangaNames, Connecting):
 
     def on_tls_handshake(self) -> None:
         """Called once the TLS handshake has completed (``self.tls`` tells the version,
-        the cipher and the peer's certificate); the writes held meanwhile are sent right
-        after it. The default does nothing."""
+        the cipher and the peer's certificate); the writes held meanwhile have been
+        encrypted and queued just before. The default does nothing."""
 
     def on_tls_error(self, exc: Exception) -> None:
         """Called when TLS fails (*exc*: an ``ssl.SSLError``, e.g.

@@ -48,7 +48,8 @@ from .socket import MAX_READ, Socket
 if TYPE_CHECKING:
     from .timers import Timer
 
-__all__ = ["TLSEngine", "error_reason", "start_tls"]
+# The public API is Socket.start_tls and friends (socket.py); nothing here is public.
+__all__: list[str] = []
 
 #: The most ciphertext one raw read takes from the kernel.
 RAW_READ = 256 * 1024
@@ -302,11 +303,11 @@ class TLSEngine:
             self.timer.cancel()
             self.timer = None
         self._update_watch(sock)
-        sock.on_tls_handshake()
-        if sock.closed or sock._tls is not self:
+        self._release(sock)  # what was written during the handshake goes first
+        if sock._tls is not self:  # closed meanwhile (close() drops the engine)
             return False
-        self._release(sock)
-        return not sock.closed
+        sock.on_tls_handshake()
+        return sock._tls is self
 
     def timed_out(self, sock: Socket) -> None:
         self.timer = None
@@ -626,7 +627,9 @@ def _tls_class(cls: type[Socket]) -> type[Socket]:
         "event_read": event_read,
     }
     try:
-        sub = type(cls.__name__, (cls, _TLSSocket), namespace)
+        # (Socket itself cannot come before its own subclass _TLSSocket.)
+        bases = (_TLSSocket,) if cls is Socket else (cls, _TLSSocket)
+        sub = type(cls.__name__, bases, namespace)
     except TypeError as exc:
         raise TypeError(f"start_tls(): cannot add TLS to {cls.__qualname__}: {exc}") from exc
     _CLASSES[cls] = sub
@@ -698,6 +701,10 @@ def start_tls(sock: Socket, context: Any, *, server_side: Any, server_hostname: 
         sock._pb_size = 0
     if server_side:
         _refuse_renegotiation(context)
+    elif context.check_hostname and not server_hostname:
+        # (SSLObject does not check this itself: the host name would go unverified.)
+        raise ValueError("start_tls(): the context checks host names "
+                         "(check_hostname=True) and no server_hostname was given")
     incoming = ssl.MemoryBIO()
     outgoing = ssl.MemoryBIO()
     try:
