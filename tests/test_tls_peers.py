@@ -224,7 +224,7 @@ def test_curl_1mb_body_and_keep_alive(loop, certs, https_port, tmp_path):
 
 @needs_curl
 def test_curl_limit_rate_back_pressure(loop, certs, read_size, tmp_path):
-    # curl reads at 4 MB/s and the server's socket buffer is small: the kernel pushes
+    # curl reads at 8 MB/s and the server's socket buffer is small: the kernel pushes
     # back, the example stops writing pieces (its write queue stays bounded) and goes
     # on as curl drains it. (Loopback's default buffers would take the whole body.)
     steps: list[tuple[int, int]] = []  # (body bytes left, bytes queued) after each step
@@ -237,7 +237,7 @@ def test_curl_limit_rate_back_pressure(loop, certs, read_size, tmp_path):
             steps.append((self.left, self.write_buf_size))
 
     https_port = https_listen(loop, certs, read_size, sndbuf=32768, cls=Probe)
-    res = curl(loop, certs, https_port, "--limit-rate", "4M", "-w", "%{http_code}",
+    res = curl(loop, certs, https_port, "--limit-rate", "8M", "-w", "%{http_code}",
                "-o", str(tmp_path / "body"), f"https://localhost:{https_port}/bytes/1000000")
     assert res.returncode == 0, res.stderr
     assert res.stdout == b"200"
@@ -422,7 +422,7 @@ def test_connect_to_openssl_s_server(loop, certs, s_server, read_size):
 
 def test_connect_to_python_ssl_server(loop, certs, read_size):
     ctx = certs.server_context()
-    payload = pattern(150_000)
+    payload = pattern(40_000)  # three TLS records and a bit: read a byte at a time too
     lsn = socket.create_server(("127.0.0.1", 0))
     lsn.settimeout(DEADLINE)
 
