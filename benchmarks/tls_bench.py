@@ -147,29 +147,38 @@ def _fds(pid: int) -> int | None:
 
 
 def tls_warm_up(port: int, pid: int, timeout: float = 10.0, close_wait: float = 1.0) -> None:
-    """harness.warm_up over TLS: one connection echoes 64 bytes, says close_notify and
-    closes; waits (up to *close_wait*) until the server has closed its side.
+    """harness.warm_up over TLS, twice: a connection echoes 64 bytes and ends with
+    close_notify, then another echoes and hangs up without it (as many HTTPS clients
+    do), so that the server has read a peer's EOF (harness.warm_up says why that
+    matters: glibc's mmap threshold). Each time it waits (up to *close_wait*) until the
+    server has closed its side.
 
     Raises RuntimeError when the echo is wrong, OSError when the server is unreachable."""
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     message = b"warm-up " * 8
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw, \
-            ctx.wrap_socket(raw, server_hostname="localhost") as sock:
-        sock.sendall(message)
-        got = b""
-        while len(got) < len(message) and (chunk := sock.recv(len(message) - len(got))):
-            got += chunk
-        if got != message:
-            raise RuntimeError(f"tls_warm_up(): the server echoed {got!r}")
-        held = _fds(pid)
-        sock.unwrap()
-    deadline = time.monotonic() + close_wait
-    while held is not None and (n := _fds(pid)) is not None and n >= held:
-        if time.monotonic() > deadline:
-            return
-        time.sleep(0.002)
+    for clean in (True, False):
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw, \
+                ctx.wrap_socket(raw, server_hostname="localhost") as sock:
+            sock.sendall(message)
+            got = b""
+            while len(got) < len(message) and (chunk := sock.recv(len(message) - len(got))):
+                got += chunk
+            if got != message:
+                raise RuntimeError(f"tls_warm_up(): the server echoed {got!r}")
+            held = _fds(pid)
+            if clean:
+                sock.unwrap()
+            else:
+                sock.shutdown(socket.SHUT_WR)  # a TCP FIN, no close_notify
+                while sock.recv(4096):  # the plain socket now: until the server's FIN
+                    pass
+        deadline = time.monotonic() + close_wait
+        while held is not None and (n := _fds(pid)) is not None and n >= held:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.002)
 
 
 def run_point(server: harness.Server, wl: Workload, st: harness.Settings,
