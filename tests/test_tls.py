@@ -3,6 +3,7 @@ module, on every backend."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import threading
@@ -637,3 +638,85 @@ def test_steal_socket_ends_the_session(loop, certs):
     run_until(loop, lambda: cli.closed)
     # A hang-up (AF_UNIX, on backends that report it) closes first, as on any Socket.
     assert cli.close_reason in ("tls_truncated", "event_hup")
+
+
+def test_a_write_during_a_renegotiation_waits_for_the_read(loop, certs):
+    # openssl s_server renegotiates a TLS 1.2 session ("r" on its stdin). A write made
+    # while the client's renegotiation waits for the server's answer cannot be
+    # encrypted yet (SSL_write wants a read): it is held, and sent after the next read
+    # step, in order (DJabberd's write_when_readable, inside the Socket).
+    import os
+    import re
+    import shutil
+    import subprocess
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("needs the openssl command (apt-get install openssl)")
+    proc = subprocess.Popen(
+        [openssl, "s_server", "-accept", "127.0.0.1:0", "-tls1_2", "-cert",
+         str(certs["server"]), "-key", str(certs["server.key"])],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out = bytearray()
+
+    def seen(text: bytes) -> bool:
+        try:
+            out.extend(os.read(proc.stdout.fileno(), 65536))
+        except BlockingIOError:
+            pass
+        return text in out
+
+    try:
+        os.set_blocking(proc.stdout.fileno(), False)
+        run_until(loop, lambda: seen(b"ACCEPT"))
+        port = int(re.search(rb"ACCEPT 127\.0\.0\.1:(\d+)", out).group(1))
+        obj = danga.connect(("127.0.0.1", port), Quiet, loop=loop,
+                            ssl=client_context(certs), server_hostname="localhost")
+        run_until(loop, lambda: ("handshake", "localhost", "TLSv1.2") in obj.log)
+        obj.write(b"before\n")
+        run_until(loop, lambda: seen(b"before\n"))
+        obj.watch_read(False)  # the test reads the HelloRequest itself, below
+        proc.stdin.write(b"r\n")
+        proc.stdin.flush()
+        run_until(loop, lambda: unread(obj.sock) > 0, 5.0)  # the HelloRequest
+        assert obj.read(100) == b""  # answers it: our ClientHello goes out
+        assert obj.write(b"during\n") is False  # the renegotiation waits for the server
+        assert obj.write(b"after\n") is False  # behind it, in order
+        # Not watching read: the engine reads for itself while a write waits for it.
+        run_until(loop, lambda: seen(b"during\nafter\n"))
+        assert not obj.closed
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdin.close()
+        proc.stdout.close()
+
+
+def test_records_split_across_reads_complete_the_handshake(loop, certs):
+    # The ClientHello, the client's Finished and an application record each arrive in
+    # two pieces, the loop running in between: the engine must go back to the kernel
+    # for the rest, never stall on the half it has.
+    a, b = socket.socketpair()
+    srv = Quiet(a, loop=loop)
+    srv.start_tls(server_context(certs), server_side=True)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    cli = client_context(certs).wrap_bio(incoming, outgoing, server_hostname="localhost")
+
+    def send_in_halves(data: bytes) -> None:
+        for half in (data[:len(data) // 2], data[len(data) // 2:]):
+            b.sendall(half)
+            run_until(loop, lambda: unread(a) == 0)
+            loop.run_once(0)
+
+    for _ in range(2):  # the ClientHello, then the client's Finished
+        with contextlib.suppress(ssl.SSLWantReadError):
+            cli.do_handshake()
+        send_in_halves(outgoing.read())
+        run_until(loop, lambda: unread(b) > 0)
+        incoming.write(b.recv(65536))
+    run_until(loop, lambda: srv.log)
+    assert srv.log == [("handshake", None, "TLSv1.3")]
+    cli.write(b"x" * 5000)
+    send_in_halves(outgoing.read())
+    run_until(loop, lambda: len(srv.got) == 5000)
+    b.close()

@@ -134,7 +134,10 @@ class TLSEngine:
         self.shutdown_timeout = shutdown_timeout
         self.established = False
         self.eof = False  # the peer's close_notify was read
-        self.starved = True  # the last decrypt wanted more ciphertext than the BIO had
+        # The last decrypt wanted more ciphertext than the BIO had (OpenSSL takes a
+        # partial record out of the BIO, so bytes left there are whole records; the
+        # flag keeps a stray remainder from being announced as plaintext regardless).
+        self.starved = True
         self.stash = b""  # plaintext decrypted by the readable event, not read yet
         self.stash_pos = 0
         self.user_read = False  # the object's own wish to watch read
@@ -289,6 +292,7 @@ class TLSEngine:
         try:
             self.obj.do_handshake()
         except ssl.SSLWantReadError:
+            self.starved = True  # what the BIO holds is not a whole record yet
             self._flush(sock)
             return False
         except (ssl.SSLError, ssl.CertificateError) as exc:
