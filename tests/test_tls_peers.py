@@ -575,12 +575,12 @@ def test_starttls_pipelined_plaintext_is_refused(loop, certs, read_size):
 
 def test_silent_client_is_closed_at_the_handshake_timeout(loop, certs):
     port = https_listen(loop, certs, handshake_timeout=0.2)
+    start = time.monotonic()  # before the connection, so before its timer
     with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE) as s:
         run_until(loop, lambda: connections(loop, https_hello.HTTPSConnection))
         (conn,) = connections(loop, https_hello.HTTPSConnection)
-        start = time.monotonic()
         run_until(loop, lambda: conn.closed, DEADLINE)
-        assert time.monotonic() - start >= 0.15  # the timer's, not another reason
+        assert time.monotonic() - start >= 0.2  # the timer's, not another reason
         assert conn.close_reason == "tls_handshake_timeout"
         assert s.recv(100) == b""  # closed, nothing sent
 
@@ -610,7 +610,7 @@ def test_unanswered_close_notify_does_not_hold_close(loop, certs):
         holder = loop.descriptor_map.get(fd)  # what finishes the close, if anything
         run_until(loop, lambda: fd not in loop.descriptor_map, DEADLINE)
         elapsed = time.monotonic() - start
-        assert elapsed < 2.0, elapsed
+        assert elapsed < 5.0, elapsed  # 0.2 s, and slack for a busy machine
         if holder is not None:
             assert holder.close_reason == "tls_shutdown_timeout"
     finally:
