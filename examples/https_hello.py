@@ -92,11 +92,12 @@ class HTTPSConnection(danga.Socket):
     __slots__ = ("buf", "busy", "closing", "keep", "left", "offset", "read_size")
 
     def __init__(self, sock: socket.socket, *, loop: danga.Loop | None = None,
-                 context: ssl.SSLContext, read_size: int = 65536,
+                 context: ssl.SSLContext | None = None, read_size: int = 65536,
                  handshake_timeout: float = 60.0, shutdown_timeout: float = 30.0) -> None:
         super().__init__(sock, loop=loop)
-        self.start_tls(context, server_side=True, handshake_timeout=handshake_timeout,
-                       shutdown_timeout=shutdown_timeout)
+        if context is not None:  # None: a Listener(..., ssl=context) started TLS already
+            self.start_tls(context, server_side=True, handshake_timeout=handshake_timeout,
+                           shutdown_timeout=shutdown_timeout)
         self.read_size = read_size
         self.buf = b""
         self.busy = False  # a response is being sent: later requests wait

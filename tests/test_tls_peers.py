@@ -223,6 +223,21 @@ def test_curl_1mb_body_and_keep_alive(loop, certs, https_port, tmp_path):
 
 
 @needs_curl
+def test_curl_through_listener_ssl(loop, certs, tmp_path):
+    # The same connection class behind Listener.bind(..., ssl=context): the listener
+    # starts TLS on each accepted connection before the class sees a byte.
+    lsn = danga.Listener.bind(("127.0.0.1", 0), loop=loop, ssl=certs.server_context(),
+                              factory=functools.partial(https_hello.HTTPSConnection,
+                                                        read_size=7))
+    port = lsn.sock.getsockname()[1]
+    res = curl(loop, certs, port, "-w", "%{http_code}", "-o", str(tmp_path / "body"),
+               f"https://localhost:{port}/bytes/1000000")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == b"200"
+    assert sha((tmp_path / "body").read_bytes()) == sha(pattern(1_000_000))
+
+
+@needs_curl
 def test_curl_limit_rate_back_pressure(loop, certs, read_size, tmp_path):
     # curl reads at 8 MB/s and the server's socket buffer is small: the kernel pushes
     # back, the example stops writing pieces (its write queue stays bounded) and goes
