@@ -135,9 +135,10 @@ class Listener(Socket):
         try:
             self.on_accept(conn, addr)
         finally:
-            if TLS_PENDING.pop(fd, None) is not None and conn.fileno() >= 0:
-                logger.warning("%s: on_accept made no danga.Socket of %r, so TLS was not "
-                               "started on it", self.as_string(), addr)
+            left = TLS_PENDING.pop(fd, None)
+        if left is not None and conn.fileno() >= 0:
+            logger.warning("%s: on_accept made no danga.Socket of %r, so TLS was not "
+                           "started on it", self.as_string(), addr)
 
     def _drop(self, conn: _socket.socket) -> None:
         # Through the Socket that on_accept may have made of it before raising, so that

@@ -86,7 +86,8 @@ class Socket(DangaNames, Connecting):
             :meth:`set_idle_timeout` changes it per instance.
 
     Raises:
-        TypeError: *sock* has no ``fileno()`` or no ``close()``.
+        TypeError: *sock* has no ``fileno()`` or no ``close()``, or is an
+            ``ssl.SSLSocket`` (pass the plain socket and call :meth:`start_tls`).
         ValueError: *sock* is closed or has no file descriptor, or its fd is owned by
             another Socket (a live one, or a closed one whose real close is pending).
         OSError: the fd cannot be watched (EBADF; UnsupportedFileType for regular files).

@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 __all__: list[str] = []
 
 #: The most ciphertext one raw read takes from the kernel.
-RAW_READ = 256 * 1024
+RAW_READ = 64 * 1024
 #: Ciphertext is not read from the kernel while the incoming BIO holds this much
 #: (a reader that does not consume plaintext gets TCP back-pressure, not a big BIO).
 BIO_LIMIT = 1 << 20
@@ -476,21 +476,14 @@ class TLSEngine:
                 notify = self.outgoing.read()
         self.held = None
         self.pump = None
-        if notify and not sock.write_buf_size:
-            try:
-                sent = sock.sock.send(notify)
-            except OSError:
-                sent = 0
-            notify = notify[sent:]
-            if not notify:
+        # Through the write queue (a writer function still applies); usually one send.
+        if not notify or Socket.write(sock, notify) or sock.closed:
+            if not sock.closed:
                 Socket.close(sock, reason)
-                return
-        if not notify:
-            Socket.close(sock, reason)
+            sock.close_reason = reason  # also when sending close_notify failed
             return
-        # The queue (or close_notify) is not all out: a stand-in finishes sending it.
+        # The queue (close_notify last) is not all out: a stand-in finishes sending it.
         queue = [item for item in (sock._wbuf or ()) if not callable(item)]
-        queue.append(notify)
         loop = sock.loop
         raw = Socket.steal_socket(sock)
         sock.close_reason = reason
@@ -611,15 +604,14 @@ def _tls_class(cls: type[Socket]) -> type[Socket]:
     sub = _CLASSES.get(cls)
     if sub is not None:
         return sub
-    own_event_read = cls.event_read
 
     def event_read(self: Any) -> None:
         engine = self._tls
         if engine is None:
-            own_event_read(self)
+            cls.event_read(self)
             return
         if engine.readable(self) and engine.user_read and not self.closed:
-            own_event_read(self)
+            cls.event_read(self)  # the object's own, looked up now (it may be replaced)
         if self._tls is engine:
             engine.after_event(self)
 
