@@ -543,7 +543,7 @@ def _recv_until_eof(sock: socket.socket) -> bytes:
         data += chunk
 
 
-def test_starttls_pipelined_plaintext_is_refused(loop, certs, read_size):
+def test_starttls_pipelined_plaintext_is_refused(loop, certs, read_size, monkeypatch):
     # CVE-2011-0411: "NOOP" sent in the same packet as STARTTLS must never be run as if
     # it had come over TLS (its reply would be encrypted in the new session).
     port = smtp_listen(loop, certs, read_size)
@@ -553,7 +553,9 @@ def test_starttls_pipelined_plaintext_is_refused(loop, certs, read_size):
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             greeting = b""
             while not greeting.endswith(b"\r\n"):
-                greeting += s.recv(1)
+                chunk = s.recv(1)
+                assert chunk, f"closed after {greeting!r}"
+                greeting += chunk
             assert greeting.startswith(b"220 ")
             s.sendall(b"STARTTLS\r\nNOOP\r\n")
             return _recv_until_eof(s)
@@ -567,12 +569,9 @@ def test_starttls_pipelined_plaintext_is_refused(loop, certs, read_size):
         real(self, line)
 
     commands: list[bytes] = []
-    starttls.SMTPConnection.command = spy  # type: ignore[method-assign]
-    try:
-        reply = in_thread(loop, attacker)
-        run_until(loop, lambda: all(c.closed for c in conns))
-    finally:
-        starttls.SMTPConnection.command = real  # type: ignore[method-assign]
+    monkeypatch.setattr(starttls.SMTPConnection, "command", spy)
+    reply = in_thread(loop, attacker)
+    run_until(loop, lambda: all(c.closed for c in conns))
     assert commands == [b"STARTTLS"], commands  # NOOP never ran
     assert reply.startswith(b"220 2.0.0 Ready to start TLS\r\n")
     assert b"250" not in reply
