@@ -13,10 +13,10 @@ and exits 0 on SIGINT or SIGTERM.
 The dialogue (one command per line, CRLF or LF; replies are SMTP's)::
 
     S: 220 danga ESMTP ready
-    C: EHLO client.example          S: 250-danga / 250-PIPELINING / 250 STARTTLS
+    C: EHLO client.example          S: 250-danga Hello ... / 250-PIPELINING / 250 STARTTLS
     C: STARTTLS                     S: 220 2.0.0 Ready to start TLS
        ... the TLS handshake, then the same protocol over TLS ...
-    C: EHLO client.example          S: 250-danga / 250 PIPELINING   (no STARTTLS now)
+    C: EHLO client.example          S: 250-danga Hello ... / 250-PIPELINING / 250 8BITMIME
     C: NOOP                         S: 250 2.0.0 OK
     C: QUIT                         S: 221 2.0.0 Bye   (and close_notify)
 
@@ -32,11 +32,14 @@ What it shows:
 - **STARTTLS without plaintext injection** (CVE-2011-0411). A client may send bytes
   right after ``STARTTLS`` without waiting for the reply, hoping that the server reads
   them as if they had come over TLS. Here they sit in the push-back buffer, and
-  ``start_tls`` refuses to start with plaintext still buffered (``ValueError``): the
-  server answers ``554 5.5.1 Error: plaintext after STARTTLS refused`` and closes the
-  connection with the reason ``starttls_pipelined``. Bytes that were still in the
+  ``start_tls`` refuses to start with plaintext still buffered (``ValueError``): after
+  its ``220`` the server answers ``554 5.5.1 Error: plaintext after STARTTLS refused``
+  and closes the connection with the reason ``starttls_pipelined``. Bytes that were still in the
   kernel when TLS started are read as TLS records, fail the handshake and close the
   connection (``on_tls_error``): they are never run as commands either.
+- **A lingering close** after a final reply (QUIT, the 554, a shutdown): half-close,
+  then read and drop the client's input until it closes, so that unread input does not
+  make the kernel reset the connection and destroy the reply (``reply``).
 - **Timeouts**: ``--handshake-timeout`` closes a client that says STARTTLS and then never
   finishes the handshake; ``--shutdown-timeout`` bounds the ``close_notify`` delivery.
 """
