@@ -184,10 +184,10 @@ def test_verification_failures_name_their_cause(loop, certs, hostname, ca, words
     lsn.close()
 
 
-def test_close_notify_is_eof_and_plain_eof_is_truncation(loop, certs):
+def test_eof_without_close_notify_is_truncation(loop, certs):
     # A peer that closes the TCP connection without close_notify could be an attacker
     # cutting the stream: the object is closed with "tls_truncated", after the
-    # plaintext that did arrive was read.
+    # plaintext that did arrive was read (close_notify itself is EOF: the echo test).
     lsn, port, made = serve(loop, server_context(certs), Echo)
 
     def client() -> bytes:
@@ -206,8 +206,8 @@ class Quiet(Client):
 
 
 class Greeter(danga.Socket):
-    """Writes a line, then (with *then_close*) closes at once: close_notify goes after
-    the queued data, and close() does not wait for the peer's answer."""
+    """Writes *data* once the handshake is done and closes at once: close_notify goes
+    after the queued data, and close() does not wait for the peer's answer."""
 
     def __init__(self, sock: Any, *, loop: danga.Loop, data: bytes = b"bye\n") -> None:
         super().__init__(sock, loop=loop)
@@ -448,7 +448,10 @@ def test_starttls_bytes_left_in_the_kernel_are_taken_as_tls(loop, certs):
     b.close()
 
 
-def test_write_file_over_tls_reads_encrypts_and_sends(loop, certs, tmp_path):
+@pytest.mark.parametrize("when", ["handshake", "init"])
+def test_write_file_over_tls_reads_encrypts_and_sends(loop, certs, tmp_path, when):
+    # Written once the handshake is done, or in __init__ (held with the writes around
+    # it until then); two files back to back, then data and a callable after them.
     import hashlib
     import os
 
@@ -457,13 +460,24 @@ def test_write_file_over_tls_reads_encrypts_and_sends(loop, certs, tmp_path):
     path.write_bytes(body)
 
     class FileServer(danga.Socket):
-        def on_tls_handshake(self) -> None:
-            self.write(b"head:")
-            with open(path, "rb") as f:
-                self.write_file(f, 10, len(body) - 10)  # keeps its own reference
-            self.write(b":tail")
-            self.write(lambda: self.close("sent"))
+        def __init__(self, sock: Any, *, loop: danga.Loop) -> None:
+            super().__init__(sock, loop=loop)
+            if when == "init":
+                self.send_all()
 
+        def on_tls_handshake(self) -> None:
+            if when == "handshake":
+                self.send_all()
+
+        def send_all(self) -> None:
+            self.write(b"head:")
+            f = open(path, "rb")  # noqa: SIM115 (open until sent: closed below)
+            self.write_file(f, 10, len(body) - 10)
+            self.write_file(raw_fd, 0, 10)
+            self.write(b":tail")
+            self.write(lambda: (f.close(), self.close("sent")))
+
+    raw_fd = os.open(path, os.O_RDONLY)
     lsn, port, made = serve(loop, server_context(certs), FileServer)
 
     def client() -> bytes:
@@ -475,7 +489,8 @@ def test_write_file_over_tls_reads_encrypts_and_sends(loop, certs, tmp_path):
             return bytes(out)
 
     got = peer(client).finish(loop)
-    expected = b"head:" + body[10:] + b":tail"
+    os.close(raw_fd)
+    expected = b"head:" + body[10:] + body[:10] + b":tail"
     assert hashlib.sha256(got).hexdigest() == hashlib.sha256(expected).hexdigest()
     assert made[0].close_reason == "sent"
     lsn.close()

@@ -26,8 +26,8 @@ joins the loop's push-back re-fire set, the same machinery as ``push_back_read``
 while the engine holds plaintext, and ``_pb_size`` goes down with every byte read, which
 is how the re-fire sees progress.
 
-Socket names used here (Socket's own, as a subclass uses them; docs/internals.md,
-'Architecture'): ``_tls``, ``_pb``, ``_pb_size``, ``_wbuf``, ``_event_watch``,
+Socket names used here (Socket's own, as a subclass uses them;
+docs/internals.md#architecture): ``_tls``, ``_pb``, ``_pb_size``, ``_wbuf``, ``_event_watch``,
 ``_raw_read()``, ``connecting``, ``_conn`` (through ``Connecting._connect_reclass``),
 and the loop's ``_push_back``.
 """
@@ -224,7 +224,7 @@ class TLSEngine:
 
     def after_event(self, sock: Socket) -> None:
         """Join the push-back re-fire set while plaintext waits that the poller cannot
-        announce (docs/tls.md, 'pending')."""
+        announce (docs/tls.md, "Why not ssl.SSLSocket")."""
         if not sock.closed and self.user_read and self.available():
             sock.loop._push_back[sock.fd] = sock
 
