@@ -30,11 +30,13 @@ def certs(tmp_path_factory):
 
 
 class Echo(danga.Socket):
-    """Echoes plaintext until EOF, with one read of *size* bytes per event_read, as
-    Danga code does: what is left is announced again by danga (the push-back re-fire),
-    never by the poller, which cannot see plaintext buffered in the TLS engine."""
+    """Echoes plaintext until EOF, with *reads* reads of *size* bytes per event_read
+    (one, as Danga code does): what is left is announced again by danga (the push-back
+    re-fire), never by the poller, which cannot see plaintext buffered in the TLS
+    engine."""
 
     size = 65536
+    reads = 1
 
     def __init__(self, sock: Any, *, loop: danga.Loop) -> None:
         super().__init__(sock, loop=loop)
@@ -45,16 +47,19 @@ class Echo(danga.Socket):
         self.log.append(("handshake", self.tls.version()))
 
     def event_read(self) -> None:
-        data = self.read(self.size)
-        if data is None:
-            self.log.append("eof")
-            self.close("eof")
-        elif data:
+        for _ in range(self.reads):
+            data = self.read(self.size)
+            if data is None:
+                self.log.append("eof")
+                self.close("eof")
+                return
+            if not data:
+                return
             self.write(data)
 
 
-def echo_class(size: int) -> type[Echo]:
-    return type("Echo", (Echo,), {"size": size})
+def echo_class(size: int, reads: int) -> type[Echo]:
+    return type("Echo", (Echo,), {"size": size, "reads": reads})
 
 
 def serve(loop: danga.Loop, ctx: ssl.SSLContext, cls: type[danga.Socket]) -> tuple[
@@ -70,11 +75,13 @@ def serve(loop: danga.Loop, ctx: ssl.SSLContext, cls: type[danga.Socket]) -> tup
     return lsn, lsn.sock.getsockname()[1], made
 
 
-@pytest.mark.parametrize("size", [1, 7, 65536])
-def test_echo_never_stalls_whatever_the_read_size(loop, certs, size):
+@pytest.mark.parametrize(("size", "reads"), [(1, 1), (7, 3), (65536, 1)])
+def test_echo_never_stalls_whatever_the_read_size(loop, certs, size, reads):
     # The 16,000-byte message that stalled at 4,096 bytes over an SSLSocket: the rest
-    # sits decrypted inside OpenSSL, where the poller never sees it.
-    lsn, port, made = serve(loop, server_context(certs), echo_class(size))
+    # sits decrypted inside OpenSSL, where the poller never sees it. Three reads of 7
+    # bytes per event also take bytes straight from OpenSSL (pending()), past what the
+    # readable event decrypted.
+    lsn, port, made = serve(loop, server_context(certs), echo_class(size, reads))
     messages = [b"ping", bytes(range(256)) * 62 + b"0123456789abcdef"]
     if size == 65536:
         messages.append(b"m" * (1 << 20))
@@ -773,4 +780,30 @@ def test_listener_tls_warns_when_on_accept_makes_no_socket(loop, certs, caplog):
     assert "TLS was not started" in caplog.text
     assert not danga.socket.TLS_PENDING  # nothing left behind for a later Socket
     kept[0].close()
+    lsn.close()
+
+
+@pytest.mark.parametrize("with_cert", [True, False])
+def test_client_certificates(loop, certs, with_cert):
+    # The server requires a client certificate. Without one, TLS 1.3 lets the client
+    # finish its handshake first: the server's refusal reaches it afterwards, as an
+    # alert read with the data, and still goes to on_tls_error.
+    ctx = server_context(certs)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_verify_locations(certs["ca"])
+    lsn, port, made = serve(loop, ctx, Echo)
+    cctx = client_context(certs)
+    if with_cert:
+        cctx.load_cert_chain(certs["client"], certs["client.key"])
+    obj = danga.connect(("127.0.0.1", port), Client, loop=loop, ssl=cctx)
+    if with_cert:
+        run_until(loop, lambda: obj.got == Client.greeting)
+        subject = dict(pair[0] for pair in made[0].tls.getpeercert()["subject"])
+        assert subject["commonName"] == "danga client"
+        obj.close()
+    else:
+        run_until(loop, lambda: obj.closed and made and made[0].closed)
+        assert made[0].close_reason == "tls_error: PEER_DID_NOT_RETURN_A_CERTIFICATE"
+        assert obj.log[-1] == ("error", "SSLError")
+        assert obj.close_reason == "tls_error: TLSV13_ALERT_CERTIFICATE_REQUIRED"
     lsn.close()

@@ -28,11 +28,13 @@ extendedKeyUsage=serverAuth
 subjectKeyIdentifier=hash
 authorityKeyIdentifier=keyid,issuer
 """
+_CLIENT_EXT = _EXT.replace("subjectAltName=DNS:localhost,IP:127.0.0.1\n", "").replace(
+    "serverAuth", "clientAuth")
 
 
 def make_certs(where: Path) -> dict[str, Path]:
-    """ca.pem, server.pem/server.key (signed by ca.pem), other-ca.pem; skips the test
-    with the reason when the openssl CLI is missing."""
+    """ca.pem, server.pem/server.key and client.pem/client.key (signed by ca.pem),
+    other-ca.pem; skips the test with the reason when the openssl CLI is missing."""
     openssl = shutil.which("openssl")
     if openssl is None:
         pytest.skip("the openssl command is needed to make the test certificates "
@@ -48,12 +50,16 @@ def make_certs(where: Path) -> dict[str, Path]:
     for name in ("ca", "other-ca"):
         run("req", "-x509", *ec, "-keyout", f"{name}.key", "-out", f"{name}.pem",
             "-days", "2", "-subj", f"/CN=danga {name}", *ca_ext)
-    run("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost")
-    (where / "ext.cnf").write_text(_EXT)
-    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-        "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "ext.cnf")
-    return {name: where / f"{name}.pem" for name in ("ca", "other-ca", "server")} | {
-        "server.key": where / "server.key"}
+    for name, subject, ext in (("server", "/CN=localhost", _EXT),
+                               ("client", "/CN=danga client", _CLIENT_EXT)):
+        run("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", subject)
+        (where / f"{name}.cnf").write_text(ext)
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", "-extfile",
+            f"{name}.cnf")
+    names = ("ca", "other-ca", "server", "client")
+    return {name: where / f"{name}.pem" for name in names} | {
+        f"{name}.key": where / f"{name}.key" for name in ("server", "client")}
 
 
 def server_context(certs: dict[str, Path], *, tls12: bool = False) -> ssl.SSLContext:

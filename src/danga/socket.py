@@ -55,9 +55,12 @@ else:
 _CORK_IGNORED = {errno.ENOPROTOOPT, errno.EOPNOTSUPP, errno.ENOTSOCK, errno.EINVAL}
 _WRITE_REASONS = {errno.EPIPE: "EPIPE", errno.ECONNRESET: "ECONNRESET"}
 _BUFFER_TYPES = (bytes, bytearray, memoryview)
-#: The most one writable event hands os.sendfile (Perlbal's cap: a big file must not
-#: starve the other connections).
-SENDFILE_CHUNK = 128 * 1024
+#: The most one writable event hands os.sendfile, in one call: a big file must not
+#: starve the other connections (Perlbal capped each step at 128 KiB; nginx's
+#: ``sendfile_max_chunk`` is 2 MiB by default). One call that the kernel takes whole is
+#: the common case on a fast client: a 1 MiB file is one sendfile, not eight, and needs
+#: no write watch at all.
+SENDFILE_CHUNK = 2 * 1024 * 1024
 #: The most the read-and-send fallback of write_file() reads at once.
 _PREAD_CHUNK = 64 * 1024
 # errnos of a first sendfile() that mean "not for this pair of files": read and send.
@@ -508,7 +511,9 @@ class Socket(DangaNames, Connecting):
         device ``pread`` can read, with *count* given). The file position is never
         moved, and danga never closes the file (it keeps a reference to the object until
         the region is sent or dropped). The region counts in ``write_buf_size``. At most
-        128 KiB go per writable event, so one big file cannot starve other connections.
+        ``SENDFILE_CHUNK`` (2 MiB, in one ``sendfile`` call) go per writable event, so
+        one big file cannot starve other connections: the next chunk waits for the next
+        writable event, after the other ready connections of that poll were served.
         The fallback to reading is chosen before the first byte only (sendfile missing,
         EINVAL/ENOSYS/ENOTSUP/EOPNOTSUPP/ENOTSOCK, a writer function set, a file that is
         not regular); a file that turns out shorter than the region closes the object

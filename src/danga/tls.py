@@ -114,6 +114,7 @@ class TLSEngine:
         "established",
         "held",
         "incoming",
+        "more",
         "obj",
         "outgoing",
         "pump",
@@ -140,6 +141,9 @@ class TLSEngine:
         self.starved = True
         self.stash = b""  # plaintext decrypted by the readable event, not read yet
         self.stash_pos = 0
+        # The last decrypt filled its buffer: OpenSSL may hold the rest of the record
+        # (pending() is asked only then; a shorter read emptied the record).
+        self.more = False
         self.user_read = False  # the object's own wish to watch read
         self.want_read = False  # a write waits for the peer (renegotiation)
         # Plaintext (bytes), callables and file regions written while writes cannot be
@@ -152,8 +156,9 @@ class TLSEngine:
 
     def available(self) -> bool:
         """Plaintext can be had without reading the fd."""
-        return (self.stash_pos < len(self.stash) or self.obj.pending() > 0
-                or (not self.starved and self.incoming.pending > 0))
+        return (self.stash_pos < len(self.stash)
+                or (not self.starved and self.incoming.pending > 0)
+                or (self.more and self.obj.pending() > 0))
 
     def _feed(self, sock: Socket) -> bool:
         """One raw read into the incoming BIO. False when nothing came (EAGAIN)."""
@@ -200,6 +205,7 @@ class TLSEngine:
             return True  # read() keeps returning EOF, as on a plain socket
         try:
             data = self.obj.read(RECORD)
+            self.more = len(data) == RECORD
         except ssl.SSLWantReadError:
             self.starved = True
             self._flush(sock)  # KeyUpdate answers, renegotiation
@@ -256,6 +262,7 @@ class TLSEngine:
         while True:
             try:
                 data = self.obj.read(n)
+                self.more = len(data) == n
                 break
             except ssl.SSLWantReadError:
                 self.starved = True
