@@ -17,7 +17,7 @@ Workloads:
 
 - ``echo 64 B x 10``: 10 connections, one 64-byte message in flight on each (round
   trips per second); ``echo 64 KiB x 10``: the same with 64 KiB messages (MB/s echoed);
-- ``handshakes``: 10 slots, each connecting, doing a full TLS 1.3 handshake (no
+- ``handshakes``: 50 slots, each connecting, doing a full TLS 1.3 handshake (no
   resumption), a 1-byte echo and close_notify, over and over (connections per second);
 - ``idle 2,000``: the server's RSS grows by how much for 2,000 idle TLS connections
   (bytes per connection; lower is better).
@@ -72,7 +72,7 @@ class Workload:
 WORKLOADS = [
     Workload("echo64", "echo 64 B x 10 conns", "echo", 10, 64),
     Workload("echo64k", "echo 64 KiB x 10 conns", "echo", 10, 65536, "mb_per_s", "MB/s"),
-    Workload("handshake", "handshakes, 10 at a time", "handshake", 10, 1, unit="conn/s"),
+    Workload("handshake", "handshakes, 50 at a time", "handshake", 50, 1, unit="conn/s"),
     Workload("idle", "idle TLS connections: 2,000", "idle", 2000, 1, "bytes_per_conn",
              "bytes/conn", higher_is_better=False),
 ]
@@ -251,6 +251,8 @@ def report(samples: dict[str, dict[str, list[dict[str, Any]]]], srvs: list[harne
              + " | ".join(f"danga / {o}" for o in others) + " |",
              "|---" * (1 + len(names) + len(others)) + "|"]
     cpu = list(lines)
+    busy = ["| workload | " + " | ".join(f"{n}: server / client" for n in names) + " |",
+            "|---" * (1 + len(names)) + "|"]
     for wl in workloads:
         per = samples.get(wl.key, {})
         cells = [_fmt(harness.stats([x["value"] for x in per[n]]) if per.get(n) else None,
@@ -264,11 +266,18 @@ def report(samples: dict[str, dict[str, list[dict[str, Any]]]], srvs: list[harne
         ratios = [_fmt(ratio(per, "danga-epoll", o, "server_cpu_us")) for o in others]
         unit = "µs/conn" if wl.mode == "handshake" else "µs/rt"
         cpu.append(f"| {wl.title} (server CPU, {unit}) | " + " | ".join(cells + ratios) + " |")
+        cells = [" / ".join(f"{harness.stats([x[k] for x in per[n]])['median']:.2f}"
+                            for k in ("server_busy", "client_cpu")) if per.get(n) else "n/a"
+                 for n in names]
+        busy.append(f"| {wl.title} | " + " | ".join(cells) + " |")
     better = ("Throughput and memory (median (min-max) over the rounds; ratios per round, "
               "danga first: above 1 is danga faster, for memory above 1 is danga larger):")
     return "\n".join([better, "", *lines, "",
                       "Server CPU per operation (ratios below 1: danga spends less):", "",
-                      *cpu])
+                      *cpu, "",
+                      "CPU used, as a fraction of one core (medians): the server's, and the "
+                      "load generator's (near 1: the client, not the server, was the limit):",
+                      "", *busy])
 
 
 def profile(server: harness.Server, wl: Workload, st: harness.Settings, loadgen: Path,

@@ -72,6 +72,12 @@ static long proc_rss(int pid) { /* bytes */
     fclose(f); return kb < 0 ? -1 : kb * 1024;
 }
 
+static double self_cpu(void) { /* our own user + system seconds */
+    struct rusage ru; getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6
+         + ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
+}
+
 static double proc_cpu(int pid) { /* user + system seconds */
     char path[64], buf[1024]; snprintf(path, sizeof path, "/proc/%d/stat", pid);
     FILE *f = fopen(path, "r"); if (!f) return -1;
@@ -231,11 +237,12 @@ int main(int argc, char **argv) {
     struct epoll_event *evs = calloc((size_t)conns, sizeof *evs);
     uint64_t count = 0, at_start = 0;
     int measuring = 0;
-    double t0 = now(), t_start = 0, cpu0 = 0, t_end = t0 + warmup + duration;
+    double t0 = now(), t_start = 0, cpu0 = 0, self0 = 0, t_end = t0 + warmup + duration;
     for (;;) {
         double t = now();
         if (!measuring && t >= t0 + warmup) {
             measuring = 1; t_start = t; at_start = count; cpu0 = proc_cpu(server_pid);
+            self0 = self_cpu();
         }
         if (t >= t_end) break;
         int n = epoll_wait(ep, evs, conns, 50);
@@ -252,11 +259,13 @@ int main(int argc, char **argv) {
         }
     }
     double secs = now() - t_start, cpu = proc_cpu(server_pid) - cpu0;
+    double client = (self_cpu() - self0) / secs;
     uint64_t k = count - at_start;
     printf("{\"mode\":\"%s\",\"conns\":%d,\"size\":%zu,\"seconds\":%.4f,\"count\":%llu,"
-           "\"per_s\":%.1f,\"mb_per_s\":%.3f,\"server_cpu\":%.4f,\"server_cpu_us\":%.2f}\n",
+           "\"per_s\":%.1f,\"mb_per_s\":%.3f,\"server_cpu\":%.4f,\"server_cpu_us\":%.2f,"
+           "\"server_busy\":%.3f,\"client_cpu\":%.3f}\n",
            mode, conns, size, secs, (unsigned long long)k, k / secs,
            handshake ? 0.0 : k * (double)size / secs / 1e6, cpu,
-           k ? cpu / k * 1e6 : 0.0);
+           k ? cpu / k * 1e6 : 0.0, cpu / secs, client);
     return 0;
 }
