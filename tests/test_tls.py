@@ -103,6 +103,51 @@ def test_echo_never_stalls_whatever_the_read_size(loop, certs, size, reads):
     lsn.close()
 
 
+class Gather(Echo):
+    """Reads nothing until told (the test turns the read watch on once the client's
+    whole message sits in the kernel), then logs the size of every read."""
+
+    def on_tls_handshake(self) -> None:
+        super().on_tls_handshake()
+        self.watch_read(False)
+
+    def event_read(self) -> None:
+        data = self.read(65536)
+        if data:
+            self.log.append(len(data))
+            self.write(data)
+        elif data is None:
+            self.close("eof")
+
+
+def test_one_read_takes_every_whole_record_the_engine_holds(loop, certs):
+    # SSLObject.read gives one record (16 KiB) per call: read(65536) must gather the
+    # records already received, or a 60,000-byte message needs four events and an echo
+    # four sends.
+    lsn, port, made = serve(loop, server_context(certs), Gather)
+    msg = bytes(range(250)) * 240  # 60,000 bytes: four records, under one raw read
+    go, sent = threading.Event(), threading.Event()
+
+    def client() -> bool:
+        with tls_client(port, client_context(certs)) as conn:
+            assert go.wait(10)  # the server's handshake is done: the message comes alone
+            conn.sendall(msg)
+            sent.set()
+            ok = recv_exactly(conn, len(msg)) == msg
+            conn.unwrap()
+            return ok
+
+    thread = peer(client)
+    run_until(loop, lambda: bool(made and made[0].log))
+    go.set()
+    run_until(loop, sent.is_set)
+    made[0].watch_read(True)
+    assert thread.finish(loop) is True
+    run_until(loop, lambda: made[0].closed)
+    assert made[0].log == [("handshake", "TLSv1.3"), len(msg)], made[0].log
+    lsn.close()
+
+
 class Client(danga.Socket):
     """Writes a greeting in __init__ (held until the handshake, when connect() started
     TLS), collects plaintext."""

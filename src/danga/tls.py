@@ -122,6 +122,7 @@ class TLSEngine:
         "starved",
         "stash",
         "stash_pos",
+        "tail",
         "timer",
         "user_read",
         "want_read",
@@ -144,6 +145,10 @@ class TLSEngine:
         # The last decrypt filled its buffer: OpenSSL may hold the rest of the record
         # (pending() is asked only then; a shorter read emptied the record).
         self.more = False
+        # A read that gathered several records stopped at the peer's close_notify or at
+        # an error: the next read() meets it (OpenSSL repeats both), so it is announced
+        # like plaintext, though the kernel may have nothing more to say.
+        self.tail = False
         self.user_read = False  # the object's own wish to watch read
         self.want_read = False  # a write waits for the peer (renegotiation)
         # Plaintext (bytes), callables and file regions written while writes cannot be
@@ -156,7 +161,7 @@ class TLSEngine:
 
     def available(self) -> bool:
         """Plaintext can be had without reading the fd."""
-        return (self.stash_pos < len(self.stash)
+        return (self.stash_pos < len(self.stash) or self.tail
                 or (not self.starved and self.incoming.pending > 0)
                 or (self.more and self.obj.pending() > 0))
 
@@ -203,6 +208,7 @@ class TLSEngine:
         # Decrypt one record into the stash: only then is there plaintext to announce.
         if self.eof:
             return True  # read() keeps returning EOF, as on a plain socket
+        self.tail = False
         try:
             data = self.obj.read(RECORD)
             self.more = len(data) == RECORD
@@ -251,6 +257,8 @@ class TLSEngine:
                     self.stash = b""
                     pos = 0
                 self.stash_pos = pos
+            if len(data) < n and not self.eof:
+                data = self._top_up(sock, data, n)
             sock._pb_size -= len(data)
             return data
         if self.eof:
@@ -259,10 +267,13 @@ class TLSEngine:
             return b""
         n = min(n, MAX_READ)
         fed = False
+        self.tail = False
         while True:
             try:
                 data = self.obj.read(n)
                 self.more = len(data) == n
+                if data and len(data) < n:
+                    data = self._top_up(sock, data, n)
                 break
             except ssl.SSLWantReadError:
                 self.starved = True
@@ -292,6 +303,35 @@ class TLSEngine:
                 self._retry_writes(sock)
             self.after_event(sock)
         return data
+
+    def _top_up(self, sock: Socket, data: bytes, n: int) -> bytes:
+        """*data* and the records after it that the incoming BIO already holds, up to *n*
+        bytes in all, with no system call. ``SSLObject.read`` gives one record (16 KiB
+        at most) per call: without this a reader asking for 64 KiB would need four
+        events, and an echo four writes (four ``send`` calls) per 64 KiB message."""
+        parts = [data]
+        got = len(data)
+        read = self.obj.read
+        while got < n:
+            try:
+                more = read(n - got)
+            except ssl.SSLWantReadError:
+                self.starved = True  # no whole record left: the poller says when
+                break
+            except ssl.SSLError:
+                # OpenSSL's errors are sticky: the next read() meets this one again and
+                # handles it (truncation, a bad record) after this data is delivered.
+                self.tail = True
+                break
+            if not more:  # close_notify: the next read() gets b"" again, and EOF
+                self.tail = True
+                break
+            parts.append(more)
+            got += len(more)
+        self.more = got == n
+        if self.outgoing.pending:
+            self._flush(sock)  # a KeyUpdate answer, a ticket acknowledgement
+        return data if len(parts) == 1 else b"".join(parts)
 
     # -- the handshake ------------------------------------------------------------------
 
