@@ -130,7 +130,8 @@ def danga_version() -> str:
         dirty = _first_line([git, "-C", str(src), "status", "--porcelain", "--", str(src)])
         if commit and all(c in "0123456789abcdef" for c in commit):
             version += f" (git {commit}{', modified' if dirty else ''})"
-    return version + ", pure Python"
+    # The servers inherit this environment (DANGA_PURE included): they run this core.
+    return version + f", {danga.CORE} core"
 
 
 def discover_servers() -> tuple[list[Server], dict[str, str]]:
