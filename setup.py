@@ -77,6 +77,78 @@ def _extensions() -> list:  # type: ignore[type-arg]
         return []
 
 
+# The slot cache: the compiled core reads the attributes of ordinary Python objects
+# (Socket's __slots__ above all) through the generic attribute protocol, where CPython's
+# specialising interpreter reads a slot from an inline cache. This gives the compiled
+# modules the same cache: (type version tag, attribute name) -> the slot's offset, valid
+# exactly as long as the type and its bases are unchanged (CPython gives a modified type
+# a new tag, never an old one again). Anything but a set __slots__ member of a type
+# with the default attribute lookup takes the generic path. docs/internals.md#compiled-core
+SLOT_CACHE_C = r"""
+/* danga's slot cache (setup.py) */
+#if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030B0000 && \
+    PY_VERSION_HEX < 0x030F0000 && !defined(Py_GIL_DISABLED)
+#include "structmember.h"
+#define DANGA_SLOT_CACHE_SIZE 512
+typedef struct { unsigned int version; PyObject *name; Py_ssize_t offset; } danga_slot_entry;
+static danga_slot_entry danga_slot_cache[DANGA_SLOT_CACHE_SIZE];
+
+static PyObject *danga_slot_value(PyObject *obj, Py_ssize_t offset) {
+    PyObject *value = *(PyObject **)((char *)obj + offset);
+    Py_XINCREF(value);
+    return value; /* NULL (unset slot): the generic path raises AttributeError */
+}
+
+static CYTHON_INLINE PyObject *danga_slot_read(PyObject *obj, PyObject *name) {
+    PyTypeObject *tp = Py_TYPE(obj);
+    danga_slot_entry *e;
+    PyObject *descr;
+    Py_ssize_t offset = -1;
+    if (tp->tp_getattro != PyObject_GenericGetAttr ||
+            !(tp->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG))
+        return NULL;
+    /* The names are the module's interned constants: alive as long as the module. */
+    e = &danga_slot_cache[(((size_t)name >> 4) ^ ((size_t)tp->tp_version_tag * 2654435761u))
+                          & (DANGA_SLOT_CACHE_SIZE - 1)];
+    if (likely(e->version == tp->tp_version_tag && e->name == name))
+        return e->offset < 0 ? NULL : danga_slot_value(obj, e->offset);
+    descr = _PyType_Lookup(tp, name); /* borrowed; may give tp a version tag */
+    if (descr != NULL && Py_TYPE(descr) == &PyMemberDescr_Type) {
+        PyMemberDef *m = ((PyMemberDescrObject *)descr)->d_member;
+        if (m->type == T_OBJECT_EX && m->flags == 0)
+            offset = m->offset;
+    }
+    if (!(tp->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG))
+        return NULL;
+    e->version = tp->tp_version_tag;
+    e->name = name;
+    e->offset = offset;
+    return offset < 0 ? NULL : danga_slot_value(obj, offset);
+}
+#else
+#define danga_slot_read(obj, name) ((PyObject *)NULL)
+#endif
+"""
+_GETATTR = ("static CYTHON_INLINE PyObject* __Pyx_PyObject_GetAttrStr(PyObject* obj, "
+            "PyObject* attr_name) {\n")
+_FAST_FIRST = ("    PyObject* danga_value = danga_slot_read(obj, attr_name);\n"
+               "    if (danga_value) return danga_value;\n")
+
+
+def _add_slot_cache(c_file: str) -> None:
+    """Put the slot cache in front of Cython's generic attribute read in *c_file*
+    (once; a Cython whose read looks different keeps its own, with a warning)."""
+    text = Path(c_file).read_text(encoding="utf-8")
+    if "danga's slot cache" in text:
+        return
+    if text.count(_GETATTR) != 1:
+        warnings.warn(f"danga: no slot cache in {c_file} (Cython's attribute read changed)",
+                      stacklevel=2)
+        return
+    text = text.replace(_GETATTR, SLOT_CACHE_C + _GETATTR + _FAST_FIRST)
+    Path(c_file).write_text(text, encoding="utf-8")
+
+
 class BuildCore(build_ext):
     """build_ext that never fails the install: a failed compile leaves the pure core."""
 
@@ -93,6 +165,9 @@ class BuildCore(build_ext):
             return
         for ext in self.extensions:  # finalised by setuptools: keep them, give them sources
             ext.sources = compiled[ext.name].sources
+            for source in ext.sources:
+                if source.endswith(".c"):
+                    _add_slot_cache(source)
         try:
             super().run()
         except Exception as exc:  # no compiler, missing headers, a compile error

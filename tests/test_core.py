@@ -173,3 +173,32 @@ def test_python_subclass_overrides_run_on_this_core(poller_cls, cls):
         lp.close()
         a.close()
         b.close()
+
+
+def test_a_class_changed_after_use_is_seen_by_the_core(poller_cls):
+    # The compiled core caches where a type keeps a slot (docs/internals.md#compiled-core):
+    # a class changed after the core has read its objects must be read anew.
+    class Late(danga.Socket):
+        __slots__ = ()
+
+    lp = danga.Loop(poller_cls)
+    a, b = nb_pair()
+    try:
+        obj = Late(a, loop=lp)
+        for _ in range(3):  # the reads of write()'s checks are cached by now
+            assert obj.write(b"one") is True
+        assert b.recv(100) == b"oneoneone"
+        Late.closed = property(lambda self: True)  # a closed object sends nothing
+        try:
+            assert obj.write(b"two") is True
+            with pytest.raises(BlockingIOError):
+                b.recv(100)
+        finally:
+            del Late.closed
+        assert obj.write(b"three") is True
+        assert b.recv(100) == b"three"
+        obj.close()
+    finally:
+        lp.close()
+        a.close()
+        b.close()

@@ -91,6 +91,7 @@ class Server:
     command: list[str]
     version: str = ""
     max_fds: int | None = None  # select: FD_SETSIZE
+    env: dict[str, str] | None = None  # added to the environment it starts in
 
 
 def _danga_backends() -> list[str]:
@@ -116,6 +117,12 @@ def _first_line(cmd: list[str]) -> str:
         return ""
     lines = (proc.stdout or proc.stderr).strip().splitlines()
     return lines[0].strip() if lines else ""
+
+
+def _danga_core() -> str:
+    import danga
+
+    return danga.CORE
 
 
 def danga_version() -> str:
@@ -145,6 +152,13 @@ def discover_servers() -> tuple[list[Server], dict[str, str]]:
         servers.append(Server(f"danga-{backend}",
                               [PY, str(SERVERS_DIR / "danga_echo.py"), "--backend", backend],
                               dv, max_fds=1024 if backend == "select" else None))
+    if "epoll" in _danga_backends() and _danga_core() == "compiled":
+        # The same epoll server on the pure core, in the same interleaved run: what the
+        # compiled core gains (docs/performance.md, "Compiled core").
+        servers.append(Server("danga-epoll-pure",
+                              [PY, str(SERVERS_DIR / "danga_echo.py"), "--backend", "epoll"],
+                              dv.replace(", compiled core", ", pure core"),
+                              env={"DANGA_PURE": "1"}))
     echo = [PY, str(SERVERS_DIR / "asyncio_echo.py"), "--loop"]
     servers.append(Server("asyncio", [*echo, "asyncio"], f"asyncio of {pyv}"))
     for loop in ("uvloop", "rloop"):
@@ -296,8 +310,9 @@ class ServerProcess:
     def __init__(self, server: Server, cpu: int | None, timeout: float = 15.0,
                  warm: bool = True) -> None:
         self.server = server
+        env = None if server.env is None else {**os.environ, **server.env}
         self.proc = subprocess.Popen([*server.command, "--port", "0"], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, env=env,
                                      preexec_fn=pin(cpu))  # noqa: PLW1509 (see pin)
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout
