@@ -77,75 +77,150 @@ def _extensions() -> list:  # type: ignore[type-arg]
         return []
 
 
-# The slot cache: the compiled core reads the attributes of ordinary Python objects
-# (Socket's __slots__ above all) through the generic attribute protocol, where CPython's
-# specialising interpreter reads a slot from an inline cache. This gives the compiled
-# modules the same cache: (type version tag, attribute name) -> the slot's offset, valid
-# exactly as long as the type and its bases are unchanged (CPython gives a modified type
-# a new tag, never an old one again). Anything but a set __slots__ member of a type
-# with the default attribute lookup takes the generic path. docs/internals.md#compiled-core
-SLOT_CACHE_C = r"""
-/* danga's slot cache (setup.py) */
+# The attribute cache: the compiled core reads the attributes of ordinary Python objects
+# (Socket's __slots__ above all) and calls their methods through the generic attribute
+# protocol, where CPython's specialising interpreter uses an inline cache. This gives
+# the compiled modules the same kind of cache, in front of Cython's generic attribute
+# read and method call: (type version tag, attribute name) -> what the name is on that
+# type (a slot's offset, object's __class__, a method of a type without an instance
+# dict). It is valid exactly as long as the type and its bases are unchanged: CPython
+# gives a changed type a new tag, never an old one again. Anything else takes the
+# generic path. docs/internals.md#compiled-core
+ATTR_CACHE_C = r"""
+/* danga's attribute cache (setup.py) */
 #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030B0000 && \
     PY_VERSION_HEX < 0x030F0000 && !defined(Py_GIL_DISABLED)
 #include "structmember.h"
-#define DANGA_SLOT_CACHE_SIZE 512
-typedef struct { unsigned int version; PyObject *name; Py_ssize_t offset; } danga_slot_entry;
-static danga_slot_entry danga_slot_cache[DANGA_SLOT_CACHE_SIZE];
+#define DANGA_CACHE_SIZE 512
+#define DANGA_OTHER (-1)   /* anything else: the generic path */
+#define DANGA_METHOD (-2)  /* a method descriptor, on a type without an instance dict */
+#define DANGA_CLASS (-3)   /* object's __class__ */
+#ifdef Py_TPFLAGS_MANAGED_DICT
+#define DANGA_MANAGED_DICT Py_TPFLAGS_MANAGED_DICT
+#else
+#define DANGA_MANAGED_DICT 0
+#endif
+typedef struct {
+    unsigned int version; PyObject *name; Py_ssize_t kind; PyObject *descr;
+} danga_cache_entry;
+static danga_cache_entry danga_cache[DANGA_CACHE_SIZE];
 
-static PyObject *danga_slot_value(PyObject *obj, Py_ssize_t offset) {
-    PyObject *value = *(PyObject **)((char *)obj + offset);
-    Py_XINCREF(value);
-    return value; /* NULL (unset slot): the generic path raises AttributeError */
-}
-
-static CYTHON_INLINE PyObject *danga_slot_read(PyObject *obj, PyObject *name) {
+/* The entry of (type(obj), name), filled on a miss; NULL if the type has no valid
+   version tag or another attribute lookup than the default one. The names are the
+   module's interned constants, alive as long as the module; descr is borrowed from the
+   type's dict, which keeps it while the tag is unchanged. */
+static danga_cache_entry *danga_cache_get(PyObject *obj, PyObject *name) {
     PyTypeObject *tp = Py_TYPE(obj);
-    danga_slot_entry *e;
+    danga_cache_entry *e;
     PyObject *descr;
-    Py_ssize_t offset = -1;
+    Py_ssize_t kind = DANGA_OTHER;
     if (tp->tp_getattro != PyObject_GenericGetAttr ||
             !(tp->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG))
         return NULL;
-    /* The names are the module's interned constants: alive as long as the module. */
-    e = &danga_slot_cache[(((size_t)name >> 4) ^ ((size_t)tp->tp_version_tag * 2654435761u))
-                          & (DANGA_SLOT_CACHE_SIZE - 1)];
+    e = &danga_cache[(((size_t)name >> 4) ^ ((size_t)tp->tp_version_tag * 2654435761u))
+                     & (DANGA_CACHE_SIZE - 1)];
     if (likely(e->version == tp->tp_version_tag && e->name == name))
-        return e->offset < 0 ? NULL : danga_slot_value(obj, e->offset);
-    descr = _PyType_Lookup(tp, name); /* borrowed; may give tp a version tag */
-    if (descr != NULL && Py_TYPE(descr) == &PyMemberDescr_Type) {
-        PyMemberDef *m = ((PyMemberDescrObject *)descr)->d_member;
-        if (m->type == T_OBJECT_EX && m->flags == 0)
-            offset = m->offset;
+        return e;
+    descr = _PyType_Lookup(tp, name); /* may give tp a version tag */
+    if (descr != NULL) {
+        PyTypeObject *dt = Py_TYPE(descr);
+        if (dt == &PyMemberDescr_Type) {
+            PyMemberDef *m = ((PyMemberDescrObject *)descr)->d_member;
+            if (m->type == T_OBJECT_EX && m->flags == 0)
+                kind = m->offset;
+        } else if ((dt->tp_flags & Py_TPFLAGS_METHOD_DESCRIPTOR) && tp->tp_dictoffset == 0
+                   && !(tp->tp_flags & DANGA_MANAGED_DICT)) {
+            kind = DANGA_METHOD;
+        } else if (PyUnicode_CompareWithASCIIString(name, "__class__") == 0) {
+            PyObject *base = PyDict_GetItemWithError(PyBaseObject_Type.tp_dict, name);
+            if (base == NULL)
+                PyErr_Clear();
+            else if (descr == base)
+                kind = DANGA_CLASS;
+        }
     }
     if (!(tp->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG))
         return NULL;
     e->version = tp->tp_version_tag;
     e->name = name;
-    e->offset = offset;
-    return offset < 0 ? NULL : danga_slot_value(obj, offset);
+    e->kind = kind;
+    e->descr = descr;
+    return e;
 }
-#else
-#define danga_slot_read(obj, name) ((PyObject *)NULL)
+
+/* A new reference to obj.name when the cache knows it, else NULL (no error set). */
+static CYTHON_INLINE PyObject *danga_cached_getattr(PyObject *obj, PyObject *name) {
+    danga_cache_entry *e = danga_cache_get(obj, name);
+    PyObject *value;
+    if (e == NULL || e->kind < 0) {
+        if (e != NULL && e->kind == DANGA_CLASS) {
+            value = (PyObject *)Py_TYPE(obj);
+            Py_INCREF(value);
+            return value;
+        }
+        return NULL;
+    }
+    value = *(PyObject **)((char *)obj + e->kind);
+    Py_XINCREF(value);
+    return value; /* NULL (an unset slot): the generic path raises AttributeError */
+}
+
+/* PyObject_VectorcallMethod (args[0] is the object), with the cache in front. */
+static PyObject *danga_call_method(PyObject *name, PyObject *const *args, size_t nargsf) {
+    danga_cache_entry *e = danga_cache_get(args[0], name);
+    PyObject *callable, *result;
+    if (e != NULL && e->kind == DANGA_METHOD) {
+        callable = e->descr; /* unbound: called with the object as its first argument */
+        Py_INCREF(callable);
+        result = PyObject_Vectorcall(callable, args, nargsf & ~PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                     NULL);
+        Py_DECREF(callable);
+        return result;
+    }
+    if (e != NULL && e->kind >= 0) {
+        callable = *(PyObject **)((char *)args[0] + e->kind);
+        if (callable != NULL) { /* a callable in a slot: args[0] may be borrowed */
+            Py_INCREF(callable);
+            result = PyObject_Vectorcall(callable, args + 1, nargsf - 1, NULL);
+            Py_DECREF(callable);
+            return result;
+        }
+    }
+    return PyObject_VectorcallMethod(name, args, nargsf, NULL);
+}
+#define DANGA_ATTR_CACHE 1
 #endif
 """
+_GETATTR_PROTO = ("static CYTHON_INLINE PyObject* __Pyx_PyObject_GetAttrStr(PyObject* obj, "
+                  "PyObject* attr_name);\n")
 _GETATTR = ("static CYTHON_INLINE PyObject* __Pyx_PyObject_GetAttrStr(PyObject* obj, "
             "PyObject* attr_name) {\n")
-_FAST_FIRST = ("    PyObject* danga_value = danga_slot_read(obj, attr_name);\n"
-               "    if (danga_value) return danga_value;\n")
+_GETATTR_FIRST = ("#ifdef DANGA_ATTR_CACHE\n"
+                  "    PyObject* danga_value = danga_cached_getattr(obj, attr_name);\n"
+                  "    if (danga_value) return danga_value;\n"
+                  "#endif\n")
+_CALL_METHOD = ("#define __Pyx_PyObject_FastCallMethod(name, args, nargsf) "
+                "PyObject_VectorcallMethod(name, args, nargsf, NULL)\n")
+_CALL_METHOD_CACHED = ("#ifdef DANGA_ATTR_CACHE\n"
+                       "#define __Pyx_PyObject_FastCallMethod(name, args, nargsf) "
+                       "danga_call_method(name, args, nargsf)\n#else\n" + _CALL_METHOD +
+                       "#endif\n")
 
 
-def _add_slot_cache(c_file: str) -> None:
-    """Put the slot cache in front of Cython's generic attribute read in *c_file*
-    (once; a Cython whose read looks different keeps its own, with a warning)."""
+def _add_attr_cache(c_file: str) -> None:
+    """Put the attribute cache in front of Cython's generic attribute read and method
+    call in *c_file* (once). A Cython whose generated code looks different keeps its
+    own, with a warning: slower, never wrong."""
     text = Path(c_file).read_text(encoding="utf-8")
-    if "danga's slot cache" in text:
+    if "danga's attribute cache" in text:
         return
-    if text.count(_GETATTR) != 1:
-        warnings.warn(f"danga: no slot cache in {c_file} (Cython's attribute read changed)",
-                      stacklevel=2)
+    if text.count(_GETATTR_PROTO) != 1 or text.count(_GETATTR) != 1:
+        warnings.warn(f"danga: no attribute cache in {c_file} (Cython's generated attribute "
+                      "read is not the one setup.py knows)", stacklevel=2)
         return
-    text = text.replace(_GETATTR, SLOT_CACHE_C + _GETATTR + _FAST_FIRST)
+    text = text.replace(_GETATTR_PROTO, ATTR_CACHE_C + _GETATTR_PROTO)
+    text = text.replace(_GETATTR, _GETATTR + _GETATTR_FIRST)
+    text = text.replace(_CALL_METHOD, _CALL_METHOD_CACHED)  # absent: no method calls
     Path(c_file).write_text(text, encoding="utf-8")
 
 
@@ -167,7 +242,7 @@ class BuildCore(build_ext):
             ext.sources = compiled[ext.name].sources
             for source in ext.sources:
                 if source.endswith(".c"):
-                    _add_slot_cache(source)
+                    _add_attr_cache(source)
         try:
             super().run()
         except Exception as exc:  # no compiler, missing headers, a compile error

@@ -202,3 +202,38 @@ def test_a_class_changed_after_use_is_seen_by_the_core(poller_cls):
         lp.close()
         a.close()
         b.close()
+
+
+def test_a_method_replaced_after_use_is_the_one_called(poller_cls):
+    # The compiled core caches a type's methods too: replacing one must be seen.
+    class Swapped(danga.Socket):
+        __slots__ = ("seen",)
+
+        def event_read(self):
+            self.seen.append("old")
+            self.read(100)
+
+    def new_event_read(self):
+        self.seen.append("new")
+        self.read(100)
+
+    lp = danga.Loop(poller_cls)
+    a, b = nb_pair()
+    try:
+        obj = Swapped(a, loop=lp)
+        obj.seen = []
+        obj.watch_read(True)
+        for _ in range(3):  # dispatched (and cached) a few times
+            b.send(b"x")
+            n = len(obj.seen)
+            run_until(lp, lambda n=n: len(obj.seen) > n)
+        assert set(obj.seen) == {"old"}
+        Swapped.event_read = new_event_read
+        b.send(b"y")
+        run_until(lp, lambda: obj.seen[-1] == "new")
+        assert obj.seen.count("new") == 1
+        obj.close()
+    finally:
+        lp.close()
+        a.close()
+        b.close()
