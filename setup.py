@@ -230,13 +230,11 @@ class BuildCore(build_ext):
     def run(self) -> None:
         editable = bool(getattr(self, "editable_mode", False) or self.inplace)
         if not _wanted(editable):
-            self.extensions = []
-            if editable:  # an earlier opt-in build must not outlive this install
-                _remove_inplace_builds()
+            self._pure(editable)
             return
         compiled = {ext.name: ext for ext in _extensions()}
         if not compiled:
-            self.extensions = []
+            self._pure(editable)
             return
         for ext in self.extensions:  # finalised by setuptools: keep them, give them sources
             ext.sources = compiled[ext.name].sources
@@ -247,11 +245,7 @@ class BuildCore(build_ext):
             super().run()
         except Exception as exc:  # no compiler, missing headers, a compile error
             _warn(f"compiling the core failed ({exc})")
-            for path in self.get_outputs():
-                Path(path).unlink(missing_ok=True)
-            if editable:
-                _remove_inplace_builds()
-            self.extensions = []
+            self._pure(editable)
             return
         if editable:
             INPLACE_MARKER.write_text(
@@ -261,15 +255,23 @@ class BuildCore(build_ext):
     def get_outputs(self) -> list[str]:
         return super().get_outputs() if self.extensions else []
 
+    def _pure(self, editable: bool) -> None:
+        # No compiled core in this build: none from an earlier one either, neither in
+        # the build directory (pip builds a local tree in place, and a wheel takes all
+        # of build_lib) nor, for an editable install, next to the sources.
+        self.extensions = []
+        _remove_builds(Path(self.build_lib))
+        if editable:
+            INPLACE_MARKER.unlink(missing_ok=True)
+            _remove_builds(SRC)
 
-def _remove_inplace_builds() -> None:
-    INPLACE_MARKER.unlink(missing_ok=True)
+
+def _remove_builds(root: Path) -> None:
     for name in COMPILED:
-        base = SRC / name.replace(".", "/")
-        for built in base.parent.glob(base.name + ".*.so"):
-            built.unlink()
-        for built in base.parent.glob(base.name + ".*.pyd"):
-            built.unlink()
+        base = root / name.replace(".", "/")
+        for pattern in (".*.so", ".*.pyd"):
+            for built in base.parent.glob(base.name + pattern):
+                built.unlink()
 
 
 # Placeholder extensions make setuptools run build_ext (and tag the wheel for this
