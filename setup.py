@@ -49,7 +49,7 @@ def _wanted(editable: bool) -> bool:
     return flag == "1" or not editable
 
 
-def _extensions() -> list:  # type: ignore[type-arg]
+def _extensions() -> list[Extension]:
     try:
         from Cython.Build import cythonize
     except ImportError as exc:
@@ -58,7 +58,7 @@ def _extensions() -> list:  # type: ignore[type-arg]
     exts = [Extension(name, ["src/" + name.replace(".", "/") + ".py"])
             for name in COMPILED]
     try:
-        return cythonize(  # type: ignore[no-any-return]
+        return cythonize(
             exts,
             build_dir="build/cython",
             compiler_directives={
