@@ -56,6 +56,42 @@ def test_danga_bench_writes_into_the_current_directory(tmp_path: Path) -> None:
     assert f"- {server}: danga " in proc.stdout
 
 
+HTTP_TOOLS = [t for t in ("wrk", "nginx") if shutil.which(t) is None]
+
+
+@pytest.mark.skipif(bool(HTTP_TOOLS), reason=f"{', '.join(HTTP_TOOLS)} not installed "
+                                             "(apt-get install -y wrk nginx)")
+def test_danga_bench_runs_the_http_workload(tmp_path: Path) -> None:
+    # The static server, nginx and the asyncio peers under wrk: every one measured once,
+    # the file checked whole first (a 404 fails the run), the goal computed.
+    proc = subprocess.run(
+        [sys.executable, "-m", "danga", "bench", "--workloads", "static4k", "--rounds", "1",
+         "--duration", "1", "--warmup", "0.1", "--no-syscalls", "--no-png"],
+        capture_output=True, text=True, timeout=50, check=False, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads((tmp_path / "danga-bench.json").read_text())
+    assert doc["servers"] == [] and doc["workloads"] == {}  # no echo server was run
+    runs = doc["http"]["workloads"]["static4k"]
+    assert {"danga", "danga-sendfile", "nginx", "asyncio"} <= set(runs)
+    for name, got in runs.items():
+        assert len(got) == 1 and got[0]["rps"] > 0 and got[0]["requests"] > 0, name
+    goal = {g["goal"]: g for g in doc["goals"]}["static 4 KiB requests/s vs nginx"]
+    assert goal["value"] is not None and goal["bound"] == 0.4
+    assert "Static file, 4 KiB, keep-alive" in proc.stdout
+
+
+def test_http_workload_without_wrk_is_skipped_with_the_reason(tmp_path: Path) -> None:
+    env = {"PATH": str(Path(sys.executable).parent), "HOME": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "danga", "bench", "--workloads", "static1m", "--no-png"],
+        capture_output=True, text=True, timeout=30, check=False, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads((tmp_path / "danga-bench.json").read_text())
+    assert doc["http"]["skipped"].startswith("wrk, nginx not installed")
+    assert "HTTP workloads skipped: wrk, nginx not installed" in proc.stderr
+    assert "not run: wrk, nginx not installed" in proc.stdout
+
+
 def test_unknown_workload_is_one_line_and_status_2(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "danga", "bench", "--workloads", "nope"],
                           capture_output=True, text=True, timeout=30, check=False,

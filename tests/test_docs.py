@@ -357,7 +357,17 @@ def test_api_page_documents_every_public_socket_attribute() -> None:
              for name in getattr(cls, "__slots__", ()) if not name.startswith("_")}
     assert {"sock", "fd", "closed", "close_reason", "write_buf_size"} <= slots, slots
     page = (DOCS / "api.md").read_text(encoding="utf-8")
-    table = page.split("### Socket attributes", 1)[1].split("\n#", 1)[0]
+    section = page.split("### Socket attributes", 1)[1].split("\n#", 1)[0]
+    table, class_table = section.split("Class attributes", 1)
     rows = set(re.findall(r"^\| `(\w+)` \|", table, re.MULTILINE))
     assert rows == slots, f"docs/api.md's Socket attributes table: missing " \
         f"{sorted(slots - rows)}, not attributes {sorted(rows - slots)}"
+    # ...and the class attributes a subclass sets (plain values on Socket: no methods,
+    # no properties, no slot descriptors)
+    settings = {name for name, value in vars(danga.Socket).items()
+                if not name.startswith("_") and not callable(value)
+                and not hasattr(value, "__get__")}
+    assert {"max_idle_time", "sendfile_max_chunk"} <= settings, settings
+    rows = set(re.findall(r"^\| `(\w+)` \|", class_table, re.MULTILINE))
+    assert rows == settings, f"docs/api.md's Socket class attributes table: missing " \
+        f"{sorted(settings - rows)}, not class attributes {sorted(rows - settings)}"

@@ -144,7 +144,7 @@ def test_factory_is_passed_on(loop):
 @pytest.mark.parametrize(
     ("kwargs", "exc", "words"),
     [
-        ({"ssl": object()}, ValueError, "TLS is not available"),
+        ({"ssl": object()}, TypeError, "SSLContext"),
         ({"backlog": -1}, ValueError, "backlog"),
         ({"backlog": 1.5}, TypeError, "backlog"),
         ({"backlog": True}, TypeError, "backlog"),

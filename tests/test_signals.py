@@ -184,6 +184,7 @@ def test_forked_child_has_its_own_wakeup_channel(loop):
     parent_waker = loop._waker.fd
 
     def child() -> dict[str, Any]:
+        loop.run_once(0)  # its first use (another at-fork hook may have run after ours)
         mine = loop._waker
         loop.wakeup()  # must land in the child's channel, never the parent's
         return {"fd_differs_or_renewed": mine.write_fd == _wakeup_fd(),
@@ -195,3 +196,87 @@ def test_forked_child_has_its_own_wakeup_channel(loop):
     assert parent_waker not in events, "the child's wakeup reached the parent"
     loop.wakeup()  # the parent's own still arrive
     assert parent_waker in dict(loop.backend.poll(1.0))
+
+
+def _loops_that_held_the_wakeup_fd(poller_cls: Any, n: int) -> list[danga.Loop]:
+    """*n* loops that each took the wakeup fd in turn and were never closed (a program
+    that drops loops, or earlier tests in this process)."""
+    loops = [danga.Loop(poller_cls) for _ in range(n)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # each takes it from the last
+        for lp in loops:
+            lp.add_signal_handler(SIG, lambda: None)
+    return loops
+
+
+def test_after_fork_only_the_holder_of_the_wakeup_fd_takes_it_again(loop, poller_cls):
+    # After fork every live loop renews its channel; the loops that held the wakeup fd
+    # before the current holder must not take it (one of them used to, by the order of
+    # a WeakSet: the child's signals then woke a loop nobody runs).
+    from danga.testing.suite import in_child
+
+    older = _loops_that_held_the_wakeup_fd(poller_cls, 6)
+    try:
+        with pytest.warns(RuntimeWarning, match="wakeup fd was held by another owner"):
+            loop.add_signal_handler(SIG, lambda: None)
+        def child() -> bool:
+            loop.run_once(0)
+            return loop._waker.write_fd == _wakeup_fd()
+
+        assert in_child(child) is True
+    finally:
+        for lp in older:
+            lp.close()
+
+
+LATE_AT_FORK_HOOK = """
+import importlib, os, signal, sys
+import danga
+
+module, _, name = sys.argv[1].partition(":")
+sys.path[:0] = sys.argv[2:]  # where the test's own backends live (the kqueue emulation)
+loop = danga.Loop(getattr(importlib.import_module(module), name))
+loop.add_signal_handler(signal.SIGUSR1, lambda: got.append(1))
+got = []
+# A library imported after danga that clears the wakeup fd in every child, as asyncio's
+# own at-fork hook does from Python 3.12 on (registered after danga's, so it runs after).
+os.register_at_fork(after_in_child=lambda: signal.set_wakeup_fd(-1))
+import asyncio  # noqa: F401  (and asyncio's hook itself, where it has one)
+pid = os.fork()
+if pid == 0:
+    loop.run_once(0)
+    ok = signal.set_wakeup_fd(-1) == loop._waker.write_fd
+    signal.set_wakeup_fd(loop._waker.write_fd, warn_on_full_buffer=False)
+    os.kill(os.getpid(), signal.SIGUSR1)
+    loop.run_once(5.0)
+    os._exit(0 if ok and got == [1] else 3)
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_the_childs_loop_takes_the_wakeup_fd_back_from_a_later_at_fork_hook(poller_cls):
+    # In a subprocess: an at-fork hook cannot be unregistered.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).parent
+    spec = f"{poller_cls.__module__}:{poller_cls.__qualname__}"
+    run = subprocess.run([sys.executable, "-c", LATE_AT_FORK_HOOK, spec, str(here),
+                          str(here / "backends")],
+                         capture_output=True, text=True, timeout=30, check=False)
+    assert run.returncode == 0, run.stderr
+
+
+def test_closing_an_earlier_holder_leaves_the_wakeup_fd_to_the_current_one(loop, poller_cls):
+    older = _loops_that_held_the_wakeup_fd(poller_cls, 2)
+    try:
+        with pytest.warns(RuntimeWarning, match="wakeup fd was held by another owner"):
+            loop.add_signal_handler(SIG, lambda: None)
+        for lp in older:
+            lp.close()
+            assert _wakeup_fd() == loop._waker.write_fd
+    finally:
+        for lp in older:
+            lp.close()

@@ -23,6 +23,8 @@ import danga
 from danga.testing import backend_matrix
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+#: The module's servers check a cached file on disk again after this many seconds.
+CACHE_VALID = 0.2
 CURL = shutil.which("curl")
 pytestmark = [
     pytest.mark.skipif(CURL is None, reason="curl is not installed (apt-get install curl)"),
@@ -86,7 +88,7 @@ def site(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(site, installed_backend) -> Iterator[str]:
     proc, port = start("static_server.py", "--root", str(site), "--backend",
-                       installed_backend)
+                       installed_backend, "--cache-valid", str(CACHE_VALID))
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -125,6 +127,68 @@ def test_head_404_405_and_no_path_traversal(server):
         assert b"not for you" not in res.stdout
     res = curl("-X", "POST", "-o", os.devnull, "-w", "%{http_code}", f"{server}/small.txt")
     assert res.stdout == b"405"
+
+
+def test_small_file_ranges_and_head(server, site):
+    # small.txt is answered from memory (one write), big.bin with write_file.
+    assert curl("-r", "7-11", f"{server}/small.txt").stdout == b"danga"
+    res = curl("-I", f"{server}/big.bin")
+    assert b"200 OK" in res.stdout and b"Content-Length: 3145745" in res.stdout
+
+
+@pytest.mark.parametrize("size", [100, 100_000])  # in memory, and through write_file
+def test_a_file_changed_on_disk_is_served_fresh(server, site, installed_backend, size):
+    import time
+
+    path = site / f"fresh-{installed_backend}-{size}.bin"
+    url = f"{server}/{path.name}"
+
+    def fresh_within(want: bytes) -> float:
+        # How long the old bytes are still served: at most the cache's validity.
+        changed = time.monotonic()
+        while True:
+            res = curl("-o", "-", "-w", "%{http_code}", url)
+            if res.stdout == want:
+                return time.monotonic() - changed
+            assert time.monotonic() - changed < CACHE_VALID + 5, res.stdout[-80:]
+
+    path.write_bytes(b"a" * size)
+    assert fresh_within(b"a" * size + b"200") < CACHE_VALID + 5
+    path.write_bytes(b"b" * (size + 1))  # changed in place
+    assert fresh_within(b"b" * (size + 1) + b"200") < CACHE_VALID + 1
+    tmp = path.with_suffix(".new")
+    tmp.write_bytes(b"c" * (size + 1))
+    os.replace(tmp, path)  # replaced: another file, same size
+    assert fresh_within(b"c" * (size + 1) + b"200") < CACHE_VALID + 1
+    path.unlink()
+    assert fresh_within(b"404 Not Found\n404") < CACHE_VALID + 1
+
+
+def test_pipelined_requests_are_answered_in_order(server, site):
+    # Answers from memory (small.txt), through write_file (big.bin), errors and a
+    # closing HTTP/1.0 request, all sent at once.
+    import socket
+
+    port = int(server.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+        s.sendall(b"GET /small.txt HTTP/1.1\r\n\r\nHEAD /big.bin HTTP/1.1\r\n\r\n"
+                  b"GET /big.bin HTTP/1.1\r\nRange: bytes=1-3\r\n\r\n"
+                  b"GET /missing HTTP/1.1\r\n\r\nGET /big.bin HTTP/1.1\r\n\r\n"
+                  b"GET /small.txt HTTP/1.0\r\n\r\n")
+        got = bytearray()
+        while chunk := s.recv(1 << 20):
+            got += chunk
+    big = (site / "big.bin").read_bytes()
+    want = [(b"200 OK", b"hello, danga\n"), (b"200 OK", b""), (b"206 Partial Content", big[1:4]),
+            (b"404 Not Found", b"404 Not Found\n"), (b"200 OK", big),
+            (b"200 OK", b"hello, danga\n")]
+    rest = bytes(got)
+    for status, body in want:
+        head, _, rest = rest.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 " + status), head
+        assert rest[:len(body)] == body
+        rest = rest[len(body):]
+    assert rest == b"" and head.endswith(b"Connection: close")
 
 
 def test_keep_alive_reuses_the_connection(server, site):

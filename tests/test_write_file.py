@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import os
 import random
 import socket
@@ -265,3 +266,85 @@ def test_bad_arguments(loop, data_file, tmp_path):
     obj.close()
     assert obj.write_file(data_file) is True  # closed: nothing is sent
     b.close()
+
+
+class _Drain(danga.Socket):
+    """Reads all it can, fast: the peer of a file transfer that the kernel keeps up with."""
+
+    def __init__(self, sock: socket.socket, *, loop: danga.Loop) -> None:
+        super().__init__(sock, loop=loop)
+        self.got = bytearray()
+        self.watch_read(True)
+
+    def event_read(self) -> None:
+        data = self.read(MIB)
+        if data is None:
+            self.close("eof")
+        elif data:
+            self.got += data
+
+
+class _Pong(danga.Socket):
+    """Half of a ping-pong in the same loop: answers each byte, counting."""
+
+    count = 0
+
+    def event_read(self) -> None:
+        data = self.read(64)
+        if data:
+            _Pong.count += 1
+            self.write(data)
+
+
+class BigStepSender(Sender):
+    sendfile_max_chunk = 4 * SENDFILE_CHUNK
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, None])
+def test_a_bad_sendfile_max_chunk_is_refused_before_anything_is_queued(loop, data_file, bad):
+    a, b = tcp_pair()
+    sender = Sender(a, loop=loop)
+    sender.sendfile_max_chunk = bad  # Sender has no __slots__: set on the instance
+    try:
+        with pytest.raises(ValueError, match=r"write_file\(\): Sender.sendfile_max_chunk "
+                                             r"must be a positive int"):
+            sender.write_file(data_file, 0, 10)
+        assert sender.write_buf_size == 0
+    finally:
+        sender.close()
+        b.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_big_file_leaves_room_for_other_sockets(loop, data_file, content, monkeypatch):
+    # The fairness rule: one sendfile call of at most sendfile_max_chunk per writable
+    # event, the rest at the next one, after the other ready sockets of the poll were
+    # served. (A class's own chunk here; the default's steps are checked by SIZES.)
+    calls: list[tuple[int, int]] = []  # (count asked, ping-pong answers so far)
+    real = os.sendfile
+
+    def spy(out_fd: int, in_fd: int, offset: int, count: int) -> int:
+        calls.append((count, _Pong.count))
+        return real(out_fd, in_fd, offset, count)
+
+    monkeypatch.setattr(os, "sendfile", spy)
+    a, b = tcp_pair()
+    sender, drain = BigStepSender(a, loop=loop), _Drain(b, loop=loop)
+    p, q = socket.socketpair()
+    pongs = [_Pong(p, loop=loop), _Pong(q, loop=loop)]
+    for end in pongs:
+        end.watch_read(True)
+    _Pong.count = 0
+    pongs[0].write(b"x")
+    sender.write_file(data_file, 0, BIG)
+    run_until(loop, lambda: len(drain.got) >= BIG, 30.0)
+    assert hashlib.sha256(drain.got).digest() == hashlib.sha256(content[:BIG]).digest()
+    chunk = BigStepSender.sendfile_max_chunk
+    assert calls[0][0] == chunk  # the class's whole chunk asked at once, not 128 KiB steps
+    assert all(count <= chunk for count, _ in calls)
+    assert len(calls) >= BIG // chunk
+    # Between two chunks, the ping-pong (ready at every poll) was answered.
+    answered = [n for _, n in calls[1:]]
+    assert all(later > earlier for earlier, later in itertools.pairwise(answered)), calls
+    for obj in (sender, drain, *pongs):
+        obj.close()

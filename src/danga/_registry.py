@@ -23,6 +23,12 @@ for speed (or because one job spans two modules) and listed here only:
   ``loop.now`` up to date (a clock read per iteration only where idle timeouts exist).
 - ``TimerHeap._heap`` and ``_due``, which ``Loop`` reads to skip the timers when none
   is scheduled (two attribute reads instead of a call per iteration).
+- TLS (``tls.py``), one job spanning the Socket and its engine: the engine reads and
+  writes a Socket's ``_tls``, ``_pb`` / ``_pb_size`` (its plaintext joins the push-back
+  re-fire), ``_wbuf`` (ciphertext goes into the ordinary write queue), ``_event_watch``
+  and ``_raw_read()``, ``Loop._push_back``, and ``connect.py``'s ``Connecting`` names
+  ``_conn``, ``_connect_reclass`` and ``_connect_wants_read`` (TLS started while a
+  connect is in flight).
 
 Generations (docs/internals.md#fd-reuse-in-a-batch): ``gen`` is incremented
 right before every poll. A record registered after a poll began has ``_gen >= `` that

@@ -39,8 +39,8 @@ def _main_thread_only(call: str) -> None:
 class SignalHandlers:
     """One loop's signal callbacks."""
 
-    __slots__ = ("_callbacks", "_failed", "_old_wakeup_fd", "_pending", "_previous",
-                 "_scheduled", "_waker")
+    __slots__ = ("_callbacks", "_failed", "_installed", "_old_wakeup_fd", "_pending",
+                 "_previous", "_scheduled", "_waker")
 
     def __init__(self, waker: Waker, failed: Callable[[Exception, Any], None]) -> None:
         self._waker = waker
@@ -50,6 +50,7 @@ class SignalHandlers:
         self._pending: set[int] = set()
         self._scheduled = False
         self._old_wakeup_fd: int | None = None  # held: the fd to give back
+        self._installed = -1  # the fd number this object last made the wakeup fd
 
     def add(self, signum: int, callback: Callable[..., Any], args: tuple[Any, ...]) -> None:
         """See Loop.add_signal_handler.
@@ -103,14 +104,27 @@ class SignalHandlers:
             self.remove(signum)
         self._give_back_wakeup_fd()
 
-    def rebind(self) -> None:
-        """Point the wakeup fd at the loop's renewed self-pipe (dead channel, fork)."""
+    def rebind(self, *, unset_is_ours: bool = False) -> None:
+        """Point the wakeup fd at the loop's renewed self-pipe (dead channel, fork), if
+        the process's wakeup fd is still the one this object set: another owner that took
+        it since keeps it. (After fork every live loop is renewed, also loops that a
+        test or a program dropped without closing; the last of them must not win.)
+
+        *unset_is_ours*: an unset wakeup fd (-1) is taken too. For the first use of the
+        loop in a forked child: an at-fork hook registered after danga's may have cleared
+        it (asyncio's does, in every child, from Python 3.12 on)."""
         if self._old_wakeup_fd is None:
             return
+        mine = self._waker.write_fd
         try:
-            signal.set_wakeup_fd(self._waker.write_fd, warn_on_full_buffer=False)
+            current = signal.set_wakeup_fd(mine, warn_on_full_buffer=False)
         except ValueError:  # not the main thread: the Python handler still wakes us
-            pass
+            return
+        if current in (self._installed, mine) or (unset_is_ours and current == -1):
+            self._installed = mine
+        else:  # not ours any more: put the owner's back (a signal that lands in between
+            # still runs its Python handler; only its wakeup byte went to our pipe)
+            signal.set_wakeup_fd(current, warn_on_full_buffer=False)
 
     # -- signal context ----------------------------------------------------------------
 
@@ -160,12 +174,15 @@ class SignalHandlers:
                 "asyncio); danga uses it while it has signal handlers and gives it back "
                 "after", RuntimeWarning, stacklevel=4)
         self._old_wakeup_fd = old if old != mine else -1
+        self._installed = mine
 
     def _give_back_wakeup_fd(self) -> None:
         old, self._old_wakeup_fd = self._old_wakeup_fd, None
         if old is None:
             return
         try:
-            signal.set_wakeup_fd(old)
+            current = signal.set_wakeup_fd(old)
         except (OSError, ValueError):  # the old owner's fd is gone: leave none
-            signal.set_wakeup_fd(-1)
+            current = signal.set_wakeup_fd(-1)
+        if current != self._installed:  # another owner took it after us: theirs stays
+            signal.set_wakeup_fd(current, warn_on_full_buffer=False)

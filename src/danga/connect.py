@@ -105,6 +105,7 @@ class Connecting:
         _io: Any
         _peer: tuple[str | None, str | None] | None
         _local: tuple[str | None, str | None] | None
+        _tls: Any
         sock: Any
         fd: int
         loop: Loop
@@ -231,6 +232,8 @@ class Connecting:
         self._event_watch = ERR | HUP | state.watch
         self._write_set_watch = state.wset
         self.loop._registry.dirty[self.fd] = self
+        if self._tls is not None:
+            self._tls.after_connect(self)  # the handshake reads from now on
         self.on_connect()
         if not self.closed and self.write_buf_size:
             self.write(None)
@@ -302,7 +305,23 @@ class Connecting:
         state.watch = state.watch | bit if on else state.watch & ~bit
         if bit == WRITE and on:
             state.wset = False
+        elif bit == READ and self._tls is not None:
+            self._tls.user_read = on  # the TLS engine reads for itself meanwhile
         return True
+
+    def _connect_reclass(self, make: Callable[[type[Socket]], type[Socket]]) -> None:
+        """Give a connecting object the class ``make(own class)`` once connected (TLS
+        started while connecting)."""
+        state = self._conn
+        assert state is not None
+        state.cls = make(state.cls)
+        if self.__class__ is not state.cls:  # connecting (not a failed connect)
+            self.__class__ = _connecting_class(state.cls)
+
+    def _connect_wants_read(self) -> bool:
+        """Whether the object asked to watch read (applied once connected)."""
+        state = self._conn
+        return state is not None and bool(state.watch & READ)
 
 
 _CLASSES: dict[type[Socket], type[Socket]] = {}
@@ -378,39 +397,49 @@ def connect(address: Any, factory: Callable[..., Socket], *, loop: Loop | None =
     factory's ``__init__``, are queued and sent in order after ``on_connect()``.
     *source_address* is bound before connecting.
 
-    ``ssl`` and ``server_hostname`` are reserved for TLS, which danga does not have yet:
-    passing ``ssl`` raises NotImplementedError until ``Socket.start_tls`` lands.
+    ``ssl`` (an ``ssl.SSLContext``) starts TLS on the object as soon as the factory has
+    made it (``start_tls(ssl, server_side=False, server_hostname=...)``), so that even
+    writes made in its ``__init__`` are plaintext held until the handshake completes;
+    the handshake itself starts once connected. The peer is verified as the context
+    says, against *server_hostname*, which defaults to the host of *address* (for an
+    AF_UNIX path there is no default). ``on_tls_handshake()`` runs when it completes,
+    ``on_tls_error(exc)`` when it fails (docs/tls.md).
 
     Raises:
         TypeError: *address*, *factory*, *timeout* or the factory's result is of the
             wrong type (the socket is closed when the factory did not return a Socket).
+        TypeError: *ssl* is not an ``ssl.SSLContext``.
         ValueError: a port out of range, a timeout <= 0 or NaN, *server_hostname*
-            without *ssl*, or an AF_UNIX path where the platform has no AF_UNIX.
-        NotImplementedError: *ssl* is given (TLS is not supported yet).
+            without *ssl*, a context that checks host names with no host name to check
+            (an AF_UNIX path and no *server_hostname*), or an AF_UNIX path where the
+            platform has no AF_UNIX.
         RuntimeError: the loop is closed.
         OSError: the socket cannot be created (out of fds), or the factory's errors.
     """
     from .loop import get_loop
-    from .socket import Socket
+    from .socket import TLS_PENDING, Socket
 
-    if ssl is not None:
-        raise NotImplementedError(
-            "danga.connect(): ssl= is not supported yet (TLS arrives with "
-            "Socket.start_tls); pass ssl=None")
-    if server_hostname is not None:
+    if ssl is None and server_hostname is not None:
         raise ValueError("danga.connect(): server_hostname is only meaningful with ssl")
     if not callable(factory):
         raise TypeError(f"danga.connect(): factory must be callable (a Socket subclass), "
                         f"not {type(factory).__name__}")
     timeout = _check_timeout(timeout)
     family, numeric, host, port = _parse_address(address)
+    tls = None if ssl is None else _tls_spec(ssl, server_hostname, host, family)
     if loop is None:
         loop = get_loop()
     loop._check_open()
     sock = _UnconnectedSocket(family, _socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
-        obj = factory(sock, loop=loop)
+        if tls is not None:
+            TLS_PENDING[sock.fileno()] = (sock, ssl, tls)
+        try:
+            obj = factory(sock, loop=loop)
+        finally:
+            if tls is not None:
+                TLS_PENDING.pop(sock.fileno(), None)
         if not isinstance(obj, Socket) or obj.sock is not sock:
             raise TypeError(
                 f"danga.connect(): the factory must return a danga.Socket made on the "
@@ -424,6 +453,22 @@ def connect(address: Any, factory: Callable[..., Socket], *, loop: Loop | None =
     else:
         loop.run_in_thread(_resolve, host, port, callback=obj._connect_resolved)
     return obj
+
+
+def _tls_spec(context: Any, server_hostname: Any, host: str, family: int) -> dict[str, Any]:
+    """The start_tls keywords for connect(ssl=context); see connect for what is raised."""
+    from .tls import check_context
+
+    check_context(context, "danga.connect(ssl=...)")
+    if server_hostname is None and family != _AF_UNIX:
+        server_hostname = host.partition("%")[0]
+    if server_hostname is not None and not isinstance(server_hostname, str):
+        raise TypeError(f"danga.connect(): server_hostname must be a str, not "
+                        f"{type(server_hostname).__name__}")
+    if server_hostname is None and context.check_hostname:
+        raise ValueError("danga.connect(): the context checks host names and an AF_UNIX "
+                         "path has none; pass server_hostname=...")
+    return {"server_side": False, "server_hostname": server_hostname}
 
 
 def _resolve(host: str, port: int) -> list[Any]:

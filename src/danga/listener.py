@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .loop import logger
-from .socket import Socket
+from .socket import TLS_PENDING, Socket
 
 if TYPE_CHECKING:
     from .loop import Loop
@@ -36,12 +36,20 @@ class Listener(Socket):
     after running out of fds; ``max_accepts`` bounds the accepts per readable event so
     one busy listener cannot starve the other sockets.
 
+    ``ssl`` (an ``ssl.SSLContext``) makes it a TLS server: the Socket made of each
+    connection (by the factory, or by an :meth:`on_accept` override, during that call)
+    has started TLS (``start_tls(ssl, server_side=True)``) by the time its
+    ``__init__`` returns from ``Socket.__init__``, so even a greeting written there is
+    sent encrypted, after the handshake (docs/tls.md).
+
     Raises:
-        TypeError: *sock* is not a socket, or *factory* is not callable.
+        TypeError: *sock* is not a socket, *factory* is not callable, or *ssl* is not
+            an ``ssl.SSLContext``.
         ValueError, OSError: as :class:`Socket`.
     """
 
-    __slots__ = ("_backoff", "_exhausted", "_factory", "_max_accepts", "_paused", "accepted")
+    __slots__ = ("_backoff", "_exhausted", "_factory", "_max_accepts", "_paused", "_ssl",
+                 "accepted")
 
     def __init__(
         self,
@@ -51,12 +59,18 @@ class Listener(Socket):
         factory: Callable[..., Any] | None = None,
         backoff: float = 0.1,
         max_accepts: int = 128,
+        ssl: Any = None,
     ) -> None:
         if not isinstance(sock, _socket.socket):
             raise TypeError(f"Listener needs a listening socket.socket, not {type(sock).__name__}")
         if factory is not None and not callable(factory):
             raise TypeError(f"factory must be callable, not {type(factory).__name__}")
+        if ssl is not None:
+            from .tls import check_context
+
+            check_context(ssl, "Listener(ssl=...)")
         super().__init__(sock, loop=loop)
+        self._ssl = ssl
         self._factory = factory
         self._backoff = backoff
         self._max_accepts = max_accepts
@@ -90,7 +104,10 @@ class Listener(Socket):
                             self.as_string(), self._exhausted)
                 self._exhausted = 0
             try:
-                self.on_accept(conn, addr)
+                if self._ssl is None:
+                    self.on_accept(conn, addr)
+                else:
+                    self._accept_tls(conn, addr)
             except Exception as exc:
                 # One bad connection must not close the listener: report it without an
                 # object (so the default handler closes nothing) and drop the connection,
@@ -110,6 +127,18 @@ class Listener(Socket):
         logger.warning("%s accepted %r but has no factory and does not override on_accept;"
                        " closing it", type(self).__name__, addr)
         conn.close()
+
+    def _accept_tls(self, conn: _socket.socket, addr: Any) -> None:
+        # The Socket made of conn during on_accept starts TLS in Socket.__init__.
+        fd = conn.fileno()
+        TLS_PENDING[fd] = (conn, self._ssl, {"server_side": True})
+        try:
+            self.on_accept(conn, addr)
+        finally:
+            left = TLS_PENDING.pop(fd, None)
+        if left is not None and conn.fileno() >= 0:
+            logger.warning("%s: on_accept made no danga.Socket of %r, so TLS was not "
+                           "started on it", self.as_string(), addr)
 
     def _drop(self, conn: _socket.socket) -> None:
         # Through the Socket that on_accept may have made of it before raising, so that
@@ -168,21 +197,22 @@ class Listener(Socket):
         docs/processes.md): with a shared listener the worker gets the master's socket,
         and port 0 means one port, the same in every worker.
 
-        ``ssl`` is reserved for TLS, which this version of danga does not have yet: only
-        None is accepted. The class is called as ``cls(sock, loop=loop)``, plus
-        ``factory=factory`` when a factory is given (so a subclass whose constructor
-        takes no factory works).
+        ``ssl`` (an ``ssl.SSLContext``) makes a TLS listener (see :class:`Listener`).
+        The class is called as ``cls(sock, loop=loop)``, plus ``factory=factory`` when a
+        factory is given and ``ssl=ssl`` when a context is (so a subclass whose
+        constructor takes neither works without them).
 
         Raises:
             TypeError: *address*, *backlog* or *reuse_port* has the wrong type.
-            ValueError: *ssl* is not None (TLS is not available yet), *backlog* is
-                negative, or ``reuse_port=True`` where it cannot be had (AF_UNIX, or a
-                platform without SO_REUSEPORT).
+            TypeError: *ssl* is not an ``ssl.SSLContext``.
+            ValueError: *backlog* is negative, or ``reuse_port=True`` where it cannot
+                be had (AF_UNIX, or a platform without SO_REUSEPORT).
             OSError: resolving, binding or listening failed (e.g. EADDRINUSE).
         """
         if ssl is not None:
-            raise ValueError("Listener.bind(ssl=...): TLS is not available in this version "
-                             "of danga yet; pass ssl=None")
+            from .tls import check_context
+
+            check_context(ssl, "Listener.bind(ssl=...)")
         if isinstance(backlog, bool) or not isinstance(backlog, int):
             raise TypeError(f"Listener.bind(backlog=...) takes an int, "
                             f"not {type(backlog).__name__}")
@@ -197,10 +227,13 @@ class Listener(Socket):
         sock = bind_in_worker(address, reuse_port=reuse_port, backlog=backlog)
         if sock is None:
             sock = cls.listening_socket(address, reuse_port=reuse_port, backlog=backlog)
+        kwargs: dict[str, Any] = {}
+        if factory is not None:
+            kwargs["factory"] = factory
+        if ssl is not None:
+            kwargs["ssl"] = ssl
         try:
-            if factory is None:
-                return cls(sock, loop=loop)
-            return cls(sock, loop=loop, factory=factory)
+            return cls(sock, loop=loop, **kwargs)
         except BaseException:
             sock.close()
             raise

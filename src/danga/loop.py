@@ -241,7 +241,7 @@ class Loop:
     def _run_once(self, limit: float | None = None) -> bool:
         reg = self._registry
         if reg.forked:
-            reg.rebuild(f"used in a forked child (pid {os.getpid()})")
+            self._first_use_in_child()
         waker = self._waker
         self._depth += 1  # close() is refused while an iteration is in progress
         try:
@@ -251,7 +251,10 @@ class Loop:
             now = 0.0  # a clock read this iteration may reuse (0.0: none yet)
             head = None  # the timer the deadline came from, while nothing fired
             if heap or timers._due:
-                deadline = timers.next_deadline()
+                if heap and not timers._due and heap[0][2] is not None:
+                    deadline = heap[0][0]  # a live head: no call (an idle timer, say)
+                else:
+                    deadline = timers.next_deadline()
                 if deadline is not None:
                     now = monotonic()
                     if deadline <= now:
@@ -720,6 +723,13 @@ class Loop:
             self._signals.after_fork()  # its queued delivery went with the calls
             self._signals.rebind()
         self._executor = None  # the parent's worker threads do not exist here
+
+    def _first_use_in_child(self) -> None:
+        self._registry.rebuild(f"used in a forked child (pid {os.getpid()})")
+        if self._signals is not None:
+            # Taken at fork already; an at-fork hook that ran after danga's may have
+            # cleared it since (asyncio's, from Python 3.12 on).
+            self._signals.rebind(unset_is_ours=True)
 
     def reset(self) -> None:
         """Forget everything (sockets, other fds, timers, calls, callbacks, settings) and

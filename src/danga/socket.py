@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from .connect import _State
     from .loop import Loop, PostLoopCallback
     from .timers import Timer
+    from .tls import TLSEngine
 
 __all__ = ["MAX_READ", "Socket"]
 
@@ -54,8 +55,11 @@ else:
 _CORK_IGNORED = {errno.ENOPROTOOPT, errno.EOPNOTSUPP, errno.ENOTSOCK, errno.EINVAL}
 _WRITE_REASONS = {errno.EPIPE: "EPIPE", errno.ECONNRESET: "ECONNRESET"}
 _BUFFER_TYPES = (bytes, bytearray, memoryview)
-#: The most one writable event hands os.sendfile (Perlbal's cap: a big file must not
-#: starve the other connections).
+#: The default of ``Socket.sendfile_max_chunk``: the most one writable event hands
+#: os.sendfile, in one call, so that a big file cannot starve the other connections
+#: (Perlbal's step, 128 KiB). A server of big files on fast clients raises it per class,
+#: as nginx's ``sendfile_max_chunk`` (2 MiB by default) does: a 1 MiB file is then one
+#: sendfile, not eight, and needs no write watch at all.
 SENDFILE_CHUNK = 128 * 1024
 #: The most the read-and-send fallback of write_file() reads at once.
 _PREAD_CHUNK = 64 * 1024
@@ -83,9 +87,13 @@ class Socket(DangaNames, Connecting):
         max_idle_time: a class attribute: seconds of inactivity after which every
             instance's :meth:`on_idle_timeout` runs (Perlbal's name; None or 0: off).
             :meth:`set_idle_timeout` changes it per instance.
+        sendfile_max_chunk: a class attribute: the most bytes :meth:`write_file` hands
+            ``os.sendfile`` per writable event (default 128 KiB, Perlbal's step; nginx's
+            ``sendfile_max_chunk`` is the same knob).
 
     Raises:
-        TypeError: *sock* has no ``fileno()`` or no ``close()``.
+        TypeError: *sock* has no ``fileno()`` or no ``close()``, or is an
+            ``ssl.SSLSocket`` (pass the plain socket and call :meth:`start_tls`).
         ValueError: *sock* is closed or has no file descriptor, or its fd is owned by
             another Socket (a live one, or a closed one whose real close is pending).
         OSError: the fd cannot be watched (EBADF; UnsupportedFileType for regular files).
@@ -112,6 +120,7 @@ class Socket(DangaNames, Connecting):
         "_send",
         "_sendv",
         "_tcp",
+        "_tls",
         "_wbuf",
         "_write_set_watch",
         "_writer",
@@ -126,6 +135,8 @@ class Socket(DangaNames, Connecting):
 
     #: Perlbal's idle limit for every instance of the class, in seconds (None: none).
     max_idle_time: float | None = None
+    #: The most bytes one writable event hands os.sendfile (fairness between sockets).
+    sendfile_max_chunk: int = SENDFILE_CHUNK
 
     def __init__(self, sock: Any, *, loop: Loop | None = None) -> None:
         if loop is None:
@@ -144,6 +155,8 @@ class Socket(DangaNames, Connecting):
                 "would close it under the new object; to keep the socket, take it with "
                 "steal_socket() instead of close()")
         is_socket = isinstance(sock, _socket.socket)
+        if is_socket and type(sock) is not _socket.socket:
+            _refuse_ssl_socket(sock)
         try:
             # getblocking() reads the socket object's own state (no system call): an
             # accepted connection that the Listener made non-blocking costs no second
@@ -177,6 +190,7 @@ class Socket(DangaNames, Connecting):
         self._local: tuple[str | None, str | None] | None = None
         self.connecting = False
         self._conn: _State | None = None
+        self._tls: TLSEngine | None = None  # the TLS layer (tls.py), once start_tls ran
         # Idle timeouts: seconds (0.0: off); _last_active and _idle_timer are only read
         # while it is on, so an object without one pays one false test per read/write.
         self._idle = 0.0
@@ -215,6 +229,10 @@ class Socket(DangaNames, Connecting):
             raise
         if self.max_idle_time:
             self.set_idle_timeout(self.max_idle_time)
+        if TLS_PENDING:  # Listener(ssl=...) / connect(ssl=...): TLS from the first write
+            spec = TLS_PENDING.pop(fd, None)
+            if spec is not None and spec[0] is sock:
+                self.start_tls(spec[1], **spec[2])
 
     # -- the events (override these) -----------------------------------------------------
 
@@ -498,7 +516,10 @@ class Socket(DangaNames, Connecting):
         device ``pread`` can read, with *count* given). The file position is never
         moved, and danga never closes the file (it keeps a reference to the object until
         the region is sent or dropped). The region counts in ``write_buf_size``. At most
-        128 KiB go per writable event, so one big file cannot starve other connections.
+        ``sendfile_max_chunk`` bytes (128 KiB unless the class says otherwise, in one
+        ``sendfile`` call) go per writable event, so one big file cannot starve other
+        connections: the next chunk waits for the next writable event, after the other
+        ready connections of that poll were served.
         The fallback to reading is chosen before the first byte only (sendfile missing,
         EINVAL/ENOSYS/ENOTSUP/EOPNOTSUPP/ENOTSOCK, a writer function set, a file that is
         not regular); a file that turns out shorter than the region closes the object
@@ -511,7 +532,8 @@ class Socket(DangaNames, Connecting):
         Raises:
             TypeError: *file* has no fd, or *offset* / *count* is not an int.
             ValueError: a negative *offset* or *count*, a closed file, a pipe or socket
-                as the source, or a device without *count*.
+                as the source, a device without *count*, or a ``sendfile_max_chunk``
+                that is not a positive int.
             OSError: ``fstat`` of the file fails.
         """
         if isinstance(file, bool) or not isinstance(file, int):
@@ -535,6 +557,10 @@ class Socket(DangaNames, Connecting):
                 raise ValueError(f"write_file(): {name} must be >= 0, not {value}")
         if fd < 0:
             raise ValueError(f"write_file(): invalid fd {fd}")
+        chunk = self.sendfile_max_chunk
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+            raise ValueError(f"write_file(): {type(self).__name__}.sendfile_max_chunk must "
+                             f"be a positive int, not {chunk!r}")
         st = os.fstat(fd)
         regular = stat.S_ISREG(st.st_mode)
         if not regular:
@@ -550,6 +576,8 @@ class Socket(DangaNames, Connecting):
             return True
         if not count:
             return not self.write_buf_size
+        if self._tls is not None:  # TLS: read, encrypt and send (tls.py), no sendfile
+            return self._tls.write_file(self, fd, offset, count, file)
         region = _FileRegion(fd, offset, count, file if file is not fd else None,
                              native=regular and self._writer is None)
         self._queue().append(region)
@@ -563,7 +591,7 @@ class Socket(DangaNames, Connecting):
         False when the kernel took what it could now (or the object closed)."""
         if self.connecting:
             return False
-        want = min(region.left, SENDFILE_CHUNK)
+        want = min(region.left, self.sendfile_max_chunk)
         sendfile = getattr(os, "sendfile", None) if region.native else None
         while True:
             try:
@@ -838,6 +866,74 @@ class Socket(DangaNames, Connecting):
             disown(raw)
             self.sock = None
 
+    # -- TLS (the engine is in tls.py) -------------------------------------------------
+
+    def start_tls(self, context: Any, *, server_side: bool,
+                  server_hostname: str | None = None, handshake_timeout: float = 60.0,
+                  shutdown_timeout: float = 30.0, discard_buffered: bool = False) -> None:
+        """Start TLS on this connection (docs/tls.md): from now on :meth:`read` returns
+        plaintext, :meth:`write` takes plaintext, and ``event_read`` fires only when
+        plaintext can be read. Writes made before the handshake completes are held and
+        sent after it; :meth:`on_tls_handshake` runs when it completes,
+        :meth:`on_tls_error` when it fails. A handshake that takes longer than
+        *handshake_timeout* seconds closes the object with ``"tls_handshake_timeout"``;
+        :meth:`close` sends close_notify and gives the write queue at most
+        *shutdown_timeout* seconds to drain.
+
+        A client (``server_side=False``) verifies the peer as *context* says, against
+        *server_hostname*. A server context gets ``ssl.OP_NO_RENEGOTIATION`` the first
+        time it is used here (clear it from ``context.options`` to allow renegotiation).
+
+        Raises:
+            TypeError: *context* is not an ``ssl.SSLContext``, *server_side* is not a
+                bool, or a timeout is not a number.
+            ValueError: TLS was already started, the object is closed or not a
+                socket, a timeout is not > 0, *server_hostname* is missing where the
+                context checks host names, or plaintext was pushed back and is still
+                unread (it would be taken as if it came over TLS: read it first, or
+                pass ``discard_buffered=True`` to drop it).
+        """
+        from .tls import start_tls
+
+        start_tls(self, context, server_side=server_side, server_hostname=server_hostname,
+                  handshake_timeout=handshake_timeout, shutdown_timeout=shutdown_timeout,
+                  discard_buffered=discard_buffered)
+
+    @property
+    def tls(self) -> Any:
+        """The ``ssl.SSLObject`` of a TLS connection (``cipher()``, ``version()``,
+        ``getpeercert()``, ``selected_alpn_protocol()``...), or None: before
+        :meth:`start_tls` and after :meth:`close`."""
+        engine = self._tls
+        return None if engine is None else engine.obj
+
+    def on_tls_handshake(self) -> None:
+        """Called once the TLS handshake has completed (``self.tls`` tells the version,
+        the cipher and the peer's certificate); the writes held meanwhile have been
+        encrypted and queued just before. The default does nothing."""
+
+    def on_tls_error(self, exc: Exception) -> None:
+        """Called when TLS fails (*exc*: an ``ssl.SSLError``, e.g.
+        ``ssl.SSLCertVerificationError``). The default closes the object with a reason
+        that names the error, such as ``"tls_error: CERTIFICATE_VERIFY_FAILED: Hostname
+        mismatch, certificate is not valid for 'example.org'."``; if an override returns
+        without closing, danga closes with that reason anyway (the TLS session is
+        unusable)."""
+        from .tls import error_reason
+
+        self.close(error_reason(exc))
+
+    def _raw_read(self, n: int) -> bytes | None:
+        # The TLS layer's ciphertext read: one recv, as read(), never the pushed-back
+        # plaintext. b"": nothing now; None: EOF or an error.
+        pb = self._pb
+        self._pb = None
+        try:
+            return Socket.read(self, n)
+        finally:
+            if not self.closed:
+                self._pb = pb
+
     # -- TCP_CORK ------------------------------------------------------------------------
 
     def tcp_cork(self, on: bool) -> None:
@@ -966,6 +1062,22 @@ class _FileRegion:
 
     def __call__(self) -> None:  # pragma: no cover - never called (see the docstring)
         raise AssertionError("a file region in the write queue is never called")
+
+
+#: The TLS that Listener(ssl=...) and connect(ssl=...) start on the Socket made of a
+#: socket: fd -> (socket, context, start_tls keywords), taken by Socket.__init__.
+TLS_PENDING: dict[int, tuple[Any, Any, dict[str, Any]]] = {}
+
+
+def _refuse_ssl_socket(sock: Any) -> None:
+    """Raises TypeError for an ``ssl.SSLSocket``: danga keeps the raw socket and runs
+    TLS itself (an SSLSocket hides plaintext from the poller and stalls)."""
+    ssl = sys.modules.get("ssl")
+    if ssl is not None and isinstance(sock, ssl.SSLSocket):
+        raise TypeError(
+            "danga.Socket() takes the plain socket, not an ssl.SSLSocket: wrap the "
+            "socket itself and call start_tls(context, server_side=...) on the object "
+            "(or use Listener(..., ssl=context) / danga.connect(..., ssl=context))")
 
 
 def _fd_of(sock: Any) -> int:

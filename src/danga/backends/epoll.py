@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import errno
 import select
+from time import monotonic
 from typing import ClassVar
 
 from ..poller import API_VERSION, BackendUnavailable, UnsupportedFileType
@@ -102,7 +103,15 @@ class EpollPoller:
             return ep.poll(-1, maxevents)
         if timeout <= 0:
             return ep.poll(0, maxevents)
-        return wait_at_least(lambda t: ep.poll(t, maxevents), timeout)
+        # The busy case first, with no closure and no call (a loop with a timer, an idle
+        # timeout say, polls with a finite timeout every iteration): only an empty
+        # return needs to know how long it waited.
+        start = monotonic()
+        ready = ep.poll(timeout, maxevents)
+        if ready:
+            return ready
+        left = timeout - (monotonic() - start)
+        return wait_at_least(lambda t: ep.poll(t, maxevents), left) if left > 0 else ready
 
     def close(self) -> None:
         """Close the epoll fd. Idempotent."""

@@ -2,7 +2,9 @@
 
 Echo servers (danga on each backend, asyncio, uvloop, rloop, a hand-written
 ``select.epoll`` loop, a C server and Perl's Danga::Socket) are measured side by side
-by a C load generator in interleaved rounds; see docs/performance.md. ``danga bench`` is
+by a C load generator in interleaved rounds, and the example HTTP programs (the static
+file server, the proxy) by wrk against nginx and haproxy (:mod:`danga.bench.http`);
+see docs/performance.md. ``danga bench`` is
 a short run; ``python benchmarks/run.py`` in a source checkout is the full one that
 produces the documentation's figures.
 
@@ -33,7 +35,8 @@ def _configure(parser: argparse.ArgumentParser) -> None:
 
 
 @command("bench", "a short benchmark run: danga against asyncio, uvloop, rloop, raw epoll, C "
-                  "and Perl's Danga::Socket; writes danga-bench.json and danga-bench.png here",
+                  "and Perl's Danga::Socket (echo), and the example HTTP programs against "
+                  "nginx and haproxy (wrk); writes danga-bench.json and danga-bench.png here",
          _configure)
 def _bench(args: argparse.Namespace) -> int:
     return runner.run(args)

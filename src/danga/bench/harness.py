@@ -91,6 +91,8 @@ class Server:
     command: list[str]
     version: str = ""
     max_fds: int | None = None  # select: FD_SETSIZE
+    #: False: measured only when named in --servers (a variant, not a peer)
+    default: bool = True
     env: dict[str, str] | None = None  # added to the environment it starts in
 
 
@@ -152,6 +154,11 @@ def discover_servers() -> tuple[list[Server], dict[str, str]]:
         servers.append(Server(f"danga-{backend}",
                               [PY, str(SERVERS_DIR / "danga_echo.py"), "--backend", backend],
                               dv, max_fds=1024 if backend == "select" else None))
+    if "epoll" in _danga_backends():
+        servers.append(Server("danga-epoll-idle",
+                              [PY, str(SERVERS_DIR / "danga_echo.py"), "--backend", "epoll",
+                               "--idle-timeout", "60"], dv + ", idle timeout 60 s",
+                              default=False))
     if "epoll" in _danga_backends() and _danga_core() == "compiled":
         # The same epoll server on the pure core, in the same interleaved run: what the
         # compiled core gains (docs/performance.md, "Compiled core").
@@ -494,8 +501,8 @@ def new_run(settings: Settings, workloads: list[Workload] | None = None,
     """Discover servers, build the C parts, raise RLIMIT_NOFILE and pick the cores."""
     raise_nofile()
     servers, skipped = discover_servers()
-    if only:
-        servers = [s for s in servers if s.name in only]
+    servers = [s for s in servers if s.name in only] if only else [
+        s for s in servers if s.default]
     cores = cpus()
     if len(cores) >= 2 and settings.server_cpu is None:
         settings.server_cpu, settings.client_cpu = cores[0], cores[1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from . import http
 from .harness import median, ratio
 
 #: The server every ratio is about, and the reference of the ratios to asyncio.
@@ -30,6 +31,10 @@ def goals(doc: dict[str, Any]) -> list[dict[str, Any]]:
         got = ratio(doc, wl, DANGA, peer, metric)
         return None if got is None else got["median"]
 
+    for what, got, bound in http.goals(doc.get("http", {})):
+        add(what, None if got is None else got["median"], ">=", bound)
+    if not doc["workloads"]:  # HTTP workloads only
+        return rows
     for wl in ("pp64x10", "pp64x100"):
         add(f"user CPU/rt {wl} vs uvloop", r(wl, "uvloop", USER), "<=", 0.8)
         add(f"user CPU/rt {wl} vs rloop", r(wl, "rloop", USER), "<=", 1.0)
@@ -102,8 +107,8 @@ def table(doc: dict[str, Any]) -> str:
     out = [f"Servers ({warmed})", "",
            *versions_text(doc), "",
            f"Throughput, median (min-max) of {st['rounds']} interleaved rounds, "
-           f"{st['duration']} s each{note}", ""]
-    out += _grid(["workload", *servers],
+           f"{st['duration']} s each{note}", ""] if servers else []
+    out += [] if not servers else _grid(["workload", *servers],
                  [[f"{wl['title']} [{wl['unit']}]",
                    *[_cell(wl["servers"][s]["value"]) if s in wl["servers"] else "n/a"
                      for s in servers]] for wl in wls.values()])
@@ -170,7 +175,15 @@ def table(doc: dict[str, Any]) -> str:
                             sorted(v["calls"].items(), key=lambda kv: -kv[1])[:4])
             rows.append([s, f"{v['per_rt']:.2f}", str(v["epoll_ctl"]), top])
         out += _grid(["server", "syscalls/rt", "epoll_ctl", "top calls per rt"], rows)
-    out += ["", f"Goals ({DANGA})", ""]
+    section = doc.get("http")
+    if section is not None:
+        out += ["", "HTTP workloads (the example programs, danga/bench/http.py)"]
+        if "workloads" in section:
+            out += [*(f"- {n}: {v}" for n, v in section["versions"].items()),
+                    f"- {section['wrk']}", http.tables(section)]
+        else:
+            out += ["", f"- not run: {section.get('skipped') or section.get('error')}"]
+    out += ["", f"Goals ({DANGA}; the HTTP ones: the danga example programs)", ""]
     out += _grid(["goal", "measured", "bound", "holds"],
                  [[g["goal"], "n/a" if g["value"] is None else f"{g['value']:.3g}",
                    f"{g['op']} {g['bound']:g}",

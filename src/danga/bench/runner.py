@@ -8,11 +8,12 @@ counts system calls with strace, prints the tables and writes the files.
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-from . import harness, report, strace_count
+from . import harness, http, report, strace_count
 
 QUICK = {"rounds": 1, "duration": 0.5, "warmup": 0.2}
 #: The servers whose system calls per round trip are counted (strace slows a server down
@@ -41,9 +42,11 @@ def configure(p: argparse.ArgumentParser, defaults: dict[str, float], *, json: P
                         f"{defaults['warmup']}), after the warm-up connection")
     p.add_argument("--servers", help="comma-separated server names (default: all available)")
     p.add_argument("--workloads", help="comma-separated workload keys: " +
-                   ",".join(w.key for w in harness.WORKLOADS))
+                   ",".join([*(w.key for w in harness.WORKLOADS), *http.WORKLOADS]) +
+                   " (the last three: HTTP, with wrk, nginx and haproxy)")
     p.add_argument("--no-timers", action="store_true", help="skip the timer benchmark")
-    p.add_argument("--no-syscalls", action="store_true", help="skip the strace measurement")
+    p.add_argument("--no-syscalls", action="store_true",
+                   help="skip the strace measurements (echo and HTTP)")
     p.add_argument("--json", type=Path, default=json, help=f"where to write the JSON "
                                                            f"(default {json})")
     p.add_argument("--png", type=Path, default=png, help=f"where to draw the chart "
@@ -67,16 +70,34 @@ def _progress(done: int, total: int, label: str) -> None:
     stream.flush()
 
 
-def _workloads(spec: str | None) -> list[harness.Workload]:
-    """The workloads named in *spec* (all when None). Raises ValueError for an unknown one."""
+def _workloads(spec: str | None) -> tuple[list[harness.Workload], list[str]]:
+    """The echo workloads and the HTTP workload keys named in *spec* (all when None).
+
+    Raises ValueError for an unknown one.
+    """
     if spec is None:
-        return list(harness.WORKLOADS)
+        return list(harness.WORKLOADS), list(http.WORKLOADS)
     keys = [k.strip() for k in spec.split(",") if k.strip()]
-    unknown = [k for k in keys if k not in harness.WORKLOAD_BY_KEY]
+    unknown = [k for k in keys if k not in harness.WORKLOAD_BY_KEY and k not in http.WORKLOADS]
     if unknown:
         raise ValueError(f"--workloads: unknown workload(s) {', '.join(unknown)}; known: "
-                         f"{', '.join(harness.WORKLOAD_BY_KEY)}")
-    return [harness.WORKLOAD_BY_KEY[k] for k in keys]
+                         f"{', '.join([*harness.WORKLOAD_BY_KEY, *http.WORKLOADS])}")
+    return ([harness.WORKLOAD_BY_KEY[k] for k in keys if k in harness.WORKLOAD_BY_KEY],
+            [k for k in keys if k in http.WORKLOADS])
+
+
+def _http(keys: list[str], settings: harness.Settings, strace: bool) -> dict[str, object]:
+    """The HTTP workloads' JSON section: their runs, or why they were skipped."""
+    reason = http.skip_reason(keys)
+    if reason is not None:
+        print(f"NOTE: HTTP workloads skipped: {reason}", file=sys.stderr)
+        return {"skipped": reason}
+    try:
+        return http.run(keys, http.Options.of(settings, strace=strace),
+                        lambda label: _progress(0, 1, f"http {label}"))
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        print(f"NOTE: HTTP workloads failed: {exc}", file=sys.stderr)
+        return {"error": str(exc)[:300]}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -87,15 +108,17 @@ def run(args: argparse.Namespace) -> int:
     if args.quick:
         args.rounds, args.duration, args.warmup = (int(QUICK["rounds"]), QUICK["duration"],
                                                    QUICK["warmup"])
-    workloads = _workloads(args.workloads)
+    workloads, http_keys = _workloads(args.workloads)
     only = [s.strip() for s in args.servers.split(",")] if args.servers else None
     settings = harness.Settings(warmup=args.warmup, duration=args.duration, rounds=args.rounds,
                                 warm=not args.cold)
     started = time.monotonic()
     r = harness.new_run(settings, workloads, only)
-    if not r.servers:
+    if workloads and not r.servers:
         print("danga bench: no server to measure", file=sys.stderr)
         return 2
+    if not workloads:  # HTTP workloads only: no echo server, no timers
+        r.servers, r.workloads, args.no_timers = [], [], True
     if r.loadgen_kind != "c":
         print("NOTE: no C compiler: using the PYTHON FALLBACK load generator; its figures "
               "are floors", file=sys.stderr)
@@ -103,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         print("NOTE: fewer than 2 cores: server and client are not pinned apart",
               file=sys.stderr)
     harness.execute(r, _progress, timers=not args.no_timers)
-    if not args.no_syscalls:
+    if not args.no_syscalls and r.servers:
         for srv in r.servers:
             if srv.name in STRACED:
                 _progress(0, 1, f"strace -c {srv.name}")
@@ -114,6 +137,8 @@ def run(args: argparse.Namespace) -> int:
                     r.syscalls[srv.name] = {"error": str(exc)[:120]}
         _progress(1, 1, "strace done")
     doc = harness.summarise(r)
+    if http_keys:
+        doc["http"] = _http(http_keys, settings, strace=not args.no_syscalls)
     doc["goals"] = report.goals(doc)
     doc["elapsed_s"] = round(time.monotonic() - started, 1)
     doc["command"] = " ".join(sys.argv)
