@@ -101,6 +101,17 @@ def test_a_fresh_in_place_build_is_left_to_the_import_system(tmp_path):
         "danga.cli", [str(tmp_path)]) is None
 
 
+def test_setup_py_compiles_exactly_the_modules_danga_core_knows():
+    # setup.py keeps its own copy of the list (a build must not import what it builds).
+    import ast
+
+    tree = ast.parse((Path(__file__).parents[1] / "setup.py").read_text(encoding="utf-8"))
+    lists = [ast.literal_eval(node.value) for node in tree.body
+             if isinstance(node, ast.Assign)
+             and any(getattr(t, "id", None) == "COMPILED" for t in node.targets)]
+    assert lists == [_core.COMPILED]
+
+
 def test_danga_backends_says_which_core_runs():
     out = subprocess.run([sys.executable, "-m", "danga", "backends"], capture_output=True,
                          text=True, timeout=30, check=True).stdout
