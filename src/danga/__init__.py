@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+# First, before any core module: honours DANGA_PURE and ignores stale in-place builds.
+from . import _core
 from .connect import connect
 from .listener import Listener
 from .loop import Loop, get_loop
@@ -45,8 +47,14 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 
+#: Which core runs: "compiled" (the extension modules setup.py builds from the core's
+#: sources with Cython) or "pure" (the .py sources; forced by DANGA_PURE=1); "mixed"
+#: means a partial build. docs/internals.md#compiled-core
+CORE: str = _core.active()
+
 __all__ = [
     "API_VERSION",
+    "CORE",
     "ERR",
     "HUP",
     "READ",

@@ -2,7 +2,8 @@
 
 - ``danga backends``: every declared backend, its priority, where it came from, whether
   it works here (or why not), and which one an automatic choice takes (the HaveEpoll
-  question, answered for every backend). ``DANGA_BACKEND`` is honoured.
+  question, answered for every backend). ``DANGA_BACKEND`` is honoured. Its last line
+  says which core runs (``danga.CORE``: compiled or pure).
 - ``danga demo``: an echo server and client on 127.0.0.1 over the chosen backend.
 
 Bad input (an unknown or unusable ``DANGA_BACKEND``) prints one line and exits 2.
@@ -16,6 +17,8 @@ import sys
 from collections.abc import Callable, Sequence
 
 from . import backends
+from ._core import PURE_ENV
+from ._core import active as active_core
 from .poller import BackendError
 
 __all__ = ["main"]
@@ -34,6 +37,15 @@ def command(name: str, help_text: str,
         return fn
 
     return register
+
+
+def _core_line() -> str:
+    core = active_core()
+    how = {"compiled": f"Cython extension modules; {PURE_ENV}=1 forces the pure core",
+           "pure": "the .py sources" + (f", forced by {PURE_ENV}" if os.environ.get(
+               PURE_ENV, "").strip() not in ("", "0") else ""),
+           "mixed": f"a partial build: rebuild it, or set {PURE_ENV}=1"}[core]
+    return f"core: {core} ({how})"
 
 
 def _fail(message: str) -> int:
@@ -57,6 +69,7 @@ def _backends(args: argparse.Namespace) -> int:
         print(f"{mark} {row.name:<{width}}  {prio:>8}  {row.distribution:<{dist_width}}  {status}")
     how = "DANGA_BACKEND" if os.environ.get(backends.ENV_VAR, "").strip() else "automatic"
     print(f"\nchosen ({how}): {chosen}")
+    print(_core_line())
     return 0
 
 

@@ -93,6 +93,7 @@ class Server:
     max_fds: int | None = None  # select: FD_SETSIZE
     #: False: measured only when named in --servers (a variant, not a peer)
     default: bool = True
+    env: dict[str, str] | None = None  # added to the environment it starts in
 
 
 def _danga_backends() -> list[str]:
@@ -120,6 +121,12 @@ def _first_line(cmd: list[str]) -> str:
     return lines[0].strip() if lines else ""
 
 
+def _danga_core() -> str:
+    import danga
+
+    return danga.CORE
+
+
 def danga_version() -> str:
     """danga's version, and the git commit of its source tree when it is a checkout."""
     import danga
@@ -132,7 +139,8 @@ def danga_version() -> str:
         dirty = _first_line([git, "-C", str(src), "status", "--porcelain", "--", str(src)])
         if commit and all(c in "0123456789abcdef" for c in commit):
             version += f" (git {commit}{', modified' if dirty else ''})"
-    return version + ", pure Python"
+    # The servers inherit this environment (DANGA_PURE included): they run this core.
+    return version + f", {danga.CORE} core"
 
 
 def discover_servers() -> tuple[list[Server], dict[str, str]]:
@@ -151,6 +159,13 @@ def discover_servers() -> tuple[list[Server], dict[str, str]]:
                               [PY, str(SERVERS_DIR / "danga_echo.py"), "--backend", "epoll",
                                "--idle-timeout", "60"], dv + ", idle timeout 60 s",
                               default=False))
+    if "epoll" in _danga_backends() and _danga_core() == "compiled":
+        # The same epoll server on the pure core, in the same interleaved run: what the
+        # compiled core gains (docs/performance.md, "Compiled core").
+        servers.append(Server("danga-epoll-pure",
+                              [PY, str(SERVERS_DIR / "danga_echo.py"), "--backend", "epoll"],
+                              dv.replace(", compiled core", ", pure core"),
+                              env={"DANGA_PURE": "1"}))
     echo = [PY, str(SERVERS_DIR / "asyncio_echo.py"), "--loop"]
     servers.append(Server("asyncio", [*echo, "asyncio"], f"asyncio of {pyv}"))
     for loop in ("uvloop", "rloop"):
@@ -302,8 +317,9 @@ class ServerProcess:
     def __init__(self, server: Server, cpu: int | None, timeout: float = 15.0,
                  warm: bool = True) -> None:
         self.server = server
+        env = None if server.env is None else {**os.environ, **server.env}
         self.proc = subprocess.Popen([*server.command, "--port", "0"], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, env=env,
                                      preexec_fn=pin(cpu))  # noqa: PLW1509 (see pin)
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout
