@@ -34,7 +34,7 @@ import nox
 
 PYTHONS_WANTED = ("3.10", "3.11", "3.12", "3.13")
 
-nox.options.sessions = ["tests", "lint", "docs"]
+nox.options.sessions = ["tests", "compiled", "lint", "docs"]
 if not hasattr(select, "kqueue"):
     nox.options.sessions.insert(1, "kqueue_emulated")
 nox.options.reuse_venv = "yes"  # the cells rebuild nothing but danga itself (editable)
@@ -108,6 +108,17 @@ def tests(session: nox.Session, backend: str) -> None:
     # One backend per cell, so CPython's peer suites run in full (DANGA_PEER_SUITES=all).
     session.run("pytest", "-n", "auto", *session.posargs,
                 env={"DANGA_BACKEND": backend, "DANGA_PEER_SUITES": "all"})
+
+
+@nox.session(python=PYTHONS)
+def compiled(session: nox.Session) -> None:
+    """The suite on the compiled core (docs/internals.md#compiled-core), every backend."""
+    session.install("-e", ".[test]", env={"DANGA_COMPILE": "1"})
+    session.run("danga", "backends")
+    # DANGA_EXPECT_CORE: tests/test_core.py fails if the build fell back to pure.
+    session.run("pytest", "-n", "auto", *session.posargs,
+                env={"DANGA_EXPECT_CORE": "compiled"})
+    session.install("-e", ".")  # pure again: removes the in-place build
 
 
 def kqueue_emulated(session: nox.Session) -> None:
