@@ -479,8 +479,14 @@ def test_connect_wrong_host_name_fails(loop, certs, s_server):
 
 
 def test_connect_untrusted_certificate_fails(loop, certs, s_server, tmp_path):
-    # A client that trusts another CA (here: the server's own certificate is no CA).
-    ctx = ssl.create_default_context(cafile=certs.cert)
+    # A client that trusts another CA, made here. (Not the server's own certificate as
+    # the "CA": from Python 3.13 on the default context sets VERIFY_X509_PARTIAL_CHAIN,
+    # which accepts a trusted leaf as it stands.)
+    _openssl("req", "-x509", "-new", "-newkey", "ec", "-pkeyopt",
+             "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", "other.key", "-out",
+             "other.pem", "-days", "2", "-subj", "/CN=another CA", "-addext",
+             "basicConstraints=critical,CA:TRUE", cwd=tmp_path)
+    ctx = ssl.create_default_context(cafile=str(tmp_path / "other.pem"))
     obj = fetch(loop, s_server, ctx)
     assert len(obj.errors) == 1, obj.errors
     exc = obj.errors[0]
