@@ -112,6 +112,7 @@ class TLSEngine:
     __slots__ = (
         "eof",
         "established",
+        "failure",
         "held",
         "incoming",
         "more",
@@ -149,6 +150,9 @@ class TLSEngine:
         # an error: the next read() meets it (OpenSSL repeats both), so it is announced
         # like plaintext, though the kernel may have nothing more to say.
         self.tail = False
+        # The error that stopped such a read: OpenSSL does not repeat it (its next read
+        # says EOF), so the next read raises it again from here.
+        self.failure: ssl.SSLError | None = None
         self.user_read = False  # the object's own wish to watch read
         self.want_read = False  # a write waits for the peer (renegotiation)
         # Plaintext (bytes), callables and file regions written while writes cannot be
@@ -210,7 +214,7 @@ class TLSEngine:
             return True  # read() keeps returning EOF, as on a plain socket
         self.tail = False
         try:
-            data = self.obj.read(RECORD)
+            data = self._obj_read(RECORD)
             self.more = len(data) == RECORD
         except ssl.SSLWantReadError:
             self.starved = True
@@ -270,7 +274,7 @@ class TLSEngine:
         self.tail = False
         while True:
             try:
-                data = self.obj.read(n)
+                data = self._obj_read(n)
                 self.more = len(data) == n
                 if data and len(data) < n:
                     data = self._top_up(sock, data, n)
@@ -304,6 +308,14 @@ class TLSEngine:
             self.after_event(sock)
         return data
 
+    def _obj_read(self, n: int) -> bytes:
+        # SSLObject.read, after the error a gathering read stopped at (see _top_up).
+        exc = self.failure
+        if exc is not None:
+            self.failure = None
+            raise exc
+        return self.obj.read(n)
+
     def _top_up(self, sock: Socket, data: bytes, n: int) -> bytes:
         """*data* and the records after it that the incoming BIO already holds, up to *n*
         bytes in all, with no system call. ``SSLObject.read`` gives one record (16 KiB
@@ -318,9 +330,10 @@ class TLSEngine:
             except ssl.SSLWantReadError:
                 self.starved = True  # no whole record left: the poller says when
                 break
-            except ssl.SSLError:
-                # OpenSSL's errors are sticky: the next read() meets this one again and
-                # handles it (truncation, a bad record) after this data is delivered.
+            except ssl.SSLError as exc:
+                # Handled by the next read(), after this data is delivered: OpenSSL does
+                # not repeat it (a bad record would be taken for truncation).
+                self.failure = exc
                 self.tail = True
                 break
             if not more:  # close_notify: the next read() gets b"" again, and EOF
@@ -657,10 +670,14 @@ def _tls_class(cls: type[Socket]) -> type[Socket]:
         if engine is None:
             cls.event_read(self)
             return
-        if engine.readable(self) and engine.user_read and not self.closed:
-            cls.event_read(self)  # the object's own, looked up now (it may be replaced)
-        if self._tls is engine:
-            engine.after_event(self)
+        try:
+            if engine.readable(self) and engine.user_read and not self.closed:
+                cls.event_read(self)  # the object's own, looked up now (it may be replaced)
+        finally:
+            # Also after an exception: plaintext already decrypted is invisible to the
+            # poller, and would wait for the peer's next record.
+            if self._tls is engine:
+                engine.after_event(self)
 
     namespace: dict[str, Any] = {
         "__slots__": (),
