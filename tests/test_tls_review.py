@@ -91,3 +91,42 @@ def test_an_exception_in_event_read_does_not_strand_decrypted_plaintext(loop, ce
     cli.write(b"hello")
     run_until(loop, lambda: srv.got == b"hello", 5)
     assert [str(exc) for exc in failures] == ["first event_read fails"]
+
+
+def unread_queue(loop: danga.Loop, certs: Any) -> tuple[Any, Any]:
+    """A pair whose server has ciphertext queued that the client does not read."""
+    srv, cli = pair(loop, certs)
+    cli.watch_read(False)
+    while srv.write(b"q" * 65536):
+        pass
+    return srv, cli
+
+
+@pytest.mark.parametrize("how", ["close", "reset"])
+def test_loop_close_or_reset_closes_a_lingering_tls_close(loop, certs, how):
+    # The stand-in that finishes sending a closed TLS object's queue is danga's own
+    # (nobody else can close it): the loop's close() and reset() close its fd, which
+    # would otherwise stay open as long as the loop object lives (its timer is gone).
+    srv, cli = unread_queue(loop, certs)
+    srv.close("done")
+    (lingering,) = (obj for obj in loop.descriptor_map.values() if obj is not cli)
+    raw = lingering.sock
+    getattr(loop, how)()
+    try:
+        assert raw.fileno() == -1
+    finally:
+        cli.sock.close()
+
+
+def test_close_after_the_loop_was_closed_closes_a_tls_object_with_a_queue(loop, certs):
+    # A plain object can be closed after its loop was; so can a TLS object whose queue
+    # is not out (no stand-in can be registered on a closed loop: it is closed at once).
+    srv, cli = unread_queue(loop, certs)
+    raw = srv.sock
+    loop.close()
+    try:
+        srv.close("late")
+        assert srv.closed and srv.close_reason == "late" and srv.tls is None
+        assert raw.fileno() == -1
+    finally:
+        cli.sock.close()

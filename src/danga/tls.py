@@ -29,7 +29,7 @@ is how the re-fire sees progress.
 Socket names used here (Socket's own, as a subclass uses them;
 docs/internals.md#architecture): ``_tls``, ``_pb``, ``_pb_size``, ``_wbuf``, ``_event_watch``,
 ``_raw_read()``, ``connecting``, ``_conn`` (through ``Connecting._connect_reclass``),
-and the loop's ``_push_back``.
+and the loop's ``_push_back`` and ``_owned``.
 """
 
 from __future__ import annotations
@@ -537,7 +537,9 @@ class TLSEngine:
         self.held = None
         self.pump = None
         # Through the write queue (a writer function still applies); usually one send.
-        if not notify or Socket.write(sock, notify) or sock.closed:
+        # (A closed loop takes no stand-in: the queue is dropped, as close() drops it.)
+        if (not notify or Socket.write(sock, notify) or sock.closed
+                or sock.loop.closed):
             if not sock.closed:
                 Socket.close(sock, reason)
             sock.close_reason = reason  # also when sending close_notify failed
@@ -574,6 +576,7 @@ class _Linger(Socket):
 
     def __init__(self, sock: Any, loop: Any, queue: list[Any], timeout: float) -> None:
         super().__init__(sock, loop=loop)
+        loop._owned.add(self)  # loop.close() and reset() close it (nobody else can)
         self._timer = loop.add_timer(timeout, self.close, "tls_shutdown_timeout")
         for item in queue:
             self.write(item)
@@ -590,6 +593,7 @@ class _Linger(Socket):
 
     def close(self, reason: str | None = None) -> None:
         self._timer.cancel()
+        self.loop._owned.discard(self)
         super().close(reason)
 
 
