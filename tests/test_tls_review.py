@@ -58,6 +58,11 @@ def pair(loop: danga.Loop, certs: Any, srv_cls: type[danga.Socket] = Peer,
     return srv, cli
 
 
+def forge_record(cli: danga.Socket) -> None:
+    """Send an application record the peer cannot authenticate, under cli's TLS."""
+    cli.sock.send(b"\x17\x03\x03\x00\x20" + b"x" * 32)
+
+
 def test_a_bad_record_after_gathered_data_is_a_tls_error_not_truncation(loop, certs):
     # One read gathers the whole records the engine holds and stops at a bad one: the
     # data comes first, then on_tls_error names the bad record (OpenSSL does not repeat
@@ -66,7 +71,7 @@ def test_a_bad_record_after_gathered_data_is_a_tls_error_not_truncation(loop, ce
     srv.watch_read(False)
     cli.write(b"a" * 5000)
     cli.write(b"b" * 5000)
-    cli.sock.send(b"\x17\x03\x03\x00\x20" + b"x" * 32)  # an application record, forged
+    forge_record(cli)
     srv.watch_read(True)
     run_until(loop, lambda: srv.closed, 5)
     assert srv.got == b"a" * 5000 + b"b" * 5000
@@ -130,3 +135,19 @@ def test_close_after_the_loop_was_closed_closes_a_tls_object_with_a_queue(loop, 
         assert raw.fileno() == -1
     finally:
         cli.sock.close()
+
+
+def test_an_on_tls_error_that_raises_still_closes(loop, certs):
+    # The session is unusable whatever the override does: an exception is reported,
+    # and the object is closed anyway (else it stays open with a dead engine).
+    class Raises(Peer):
+        def on_tls_error(self, exc: Exception) -> None:
+            raise RuntimeError("on_tls_error fails")
+
+    failures: list[Any] = []
+    loop.set_exception_handler(lambda lp, ctx: failures.append(ctx["exception"]))
+    srv, cli = pair(loop, certs, Raises)
+    forge_record(cli)
+    run_until(loop, lambda: srv.closed, 2)
+    assert srv.close_reason == "tls_error: DECRYPTION_FAILED_OR_BAD_RECORD_MAC"
+    assert [str(exc) for exc in failures] == ["on_tls_error fails"]

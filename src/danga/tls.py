@@ -515,9 +515,11 @@ class TLSEngine:
             return
         self.established = False  # no close_notify on a failed session
         self.held = None
-        sock.on_tls_error(exc)  # type: ignore[arg-type]
-        if not sock.closed:
-            sock.close(error_reason(exc))
+        try:
+            sock.on_tls_error(exc)  # type: ignore[arg-type]
+        finally:  # also when the override raises: the session is unusable
+            if not sock.closed:
+                sock.close(error_reason(exc))
 
     def close(self, sock: Socket, reason: str | None) -> None:
         """Close *sock*: close_notify once, after what is queued, within the shutdown
