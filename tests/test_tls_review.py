@@ -151,3 +151,21 @@ def test_an_on_tls_error_that_raises_still_closes(loop, certs):
     run_until(loop, lambda: srv.closed, 2)
     assert srv.close_reason == "tls_error: DECRYPTION_FAILED_OR_BAD_RECORD_MAC"
     assert [str(exc) for exc in failures] == ["on_tls_error fails"]
+
+
+@pytest.mark.parametrize("side", ["server", "client"])
+def test_a_peer_that_leaves_mid_handshake_is_a_tls_error(loop, certs, side):
+    # The alert that answers the failure cannot be sent (the peer is gone): that must
+    # not hide the failure as a bare "EPIPE" close without on_tls_error.
+    a, b = socket.socketpair()
+    obj = Peer(a, loop=loop)
+    if side == "server":
+        obj.start_tls(server_context(certs), server_side=True)
+    else:
+        obj.start_tls(client_context(certs), server_side=False, server_hostname="localhost")
+        b.settimeout(5)
+        assert b.recv(4096)[:1] == b"\x16"  # the ClientHello
+    b.close()
+    run_until(loop, lambda: obj.closed, 2)
+    assert obj.log == [("error", "SSLEOFError")]
+    assert obj.close_reason == "tls_error: UNEXPECTED_EOF_WHILE_READING"

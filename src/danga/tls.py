@@ -356,7 +356,8 @@ class TLSEngine:
             self._flush(sock)
             return False
         except (ssl.SSLError, ssl.CertificateError) as exc:
-            self._flush(sock)  # the alert that tells the peer why
+            # The alert that tells the peer why is sent by the close, after on_tls_error:
+            # sent first, a peer that has left would turn the failure into "EPIPE".
             self._fail(sock, exc)
             return False
         self._flush(sock)
@@ -528,14 +529,13 @@ class TLSEngine:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        notify = b""
         if self.established and not self.held and self.pump is None:
             try:
                 self.obj.unwrap()
             except (ssl.SSLError, ValueError, OSError):
                 pass  # wants the peer's reply (never waited for), or the peer is gone
-            if self.outgoing.pending:
-                notify = self.outgoing.read()
+        # close_notify, or the alert of a failure (_fail left it here).
+        notify = self.outgoing.read() if self.outgoing.pending else b""
         self.held = None
         self.pump = None
         # Through the write queue (a writer function still applies); usually one send.
