@@ -3,6 +3,7 @@ objects over a socketpair (no thread), on every backend."""
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import Any
 
@@ -169,3 +170,27 @@ def test_a_peer_that_leaves_mid_handshake_is_a_tls_error(loop, certs, side):
     run_until(loop, lambda: obj.closed, 2)
     assert obj.log == [("error", "SSLEOFError")]
     assert obj.close_reason == "tls_error: UNEXPECTED_EOF_WHILE_READING"
+
+
+@pytest.mark.parametrize("reused", [False, True])
+def test_close_with_a_queue_after_the_fd_was_closed_behind_dangas_back(loop, certs, reused):
+    # No stand-in takes over an fd number danga no longer owns: close() neither raises
+    # (EBADF) nor sends ciphertext to, and later closes, the file that now has it.
+    srv, cli = unread_queue(loop, certs)
+    fd = srv.fd
+    r, w = os.pipe()
+    os.close(fd)
+    try:
+        if reused:
+            os.dup2(r, fd)
+        srv.close("gone")
+        assert srv.closed and srv.close_reason == "gone"
+        run_until(loop, lambda: all(obj is cli for obj in loop.descriptor_map.values()), 2)
+        if reused:
+            os.fstat(fd)  # still open: the pipe's, not danga's
+            os.write(w, b"x")
+            assert os.read(fd, 10) == b"x"
+    finally:
+        for each in (r, w, fd) if reused else (r, w):
+            os.close(each)
+        cli.close()

@@ -28,6 +28,7 @@ is how the re-fire sees progress.
 
 Socket names used here (Socket's own, as a subclass uses them;
 docs/internals.md#architecture): ``_tls``, ``_pb``, ``_pb_size``, ``_wbuf``, ``_event_watch``,
+``_ident`` and ``_lost_fd()`` (a close never lingers on an fd lost behind its back),
 ``_raw_read()``, ``connecting``, ``_conn`` (through ``Connecting._connect_reclass``),
 and the loop's ``_push_back`` and ``_owned``.
 """
@@ -42,7 +43,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from .loop import logger
-from .poller import READ
+from .poller import READ, fd_identity
 from .socket import MAX_READ, Socket
 
 if TYPE_CHECKING:
@@ -546,7 +547,14 @@ class TLSEngine:
                 Socket.close(sock, reason)
             sock.close_reason = reason  # also when sending close_notify failed
             return
-        # The queue (close_notify last) is not all out: a stand-in finishes sending it.
+        # The queue (close_notify last) is not all out: a stand-in finishes sending it,
+        # if the fd is still the object's (never one closed behind danga's back, or its
+        # number now another file's: that is not danga's to write to, or to close).
+        ident = fd_identity(sock.fd)
+        if ident is None or (sock._ident and ident != sock._ident):
+            sock._lost_fd()
+            sock.close_reason = reason
+            return
         queue = [item for item in (sock._wbuf or ()) if not callable(item)]
         loop = sock.loop
         raw = Socket.steal_socket(sock)
