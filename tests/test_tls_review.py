@@ -194,3 +194,24 @@ def test_close_with_a_queue_after_the_fd_was_closed_behind_dangas_back(loop, cer
         for each in (r, w, fd) if reused else (r, w):
             os.close(each)
         cli.close()
+
+
+def test_a_write_in_on_tls_error_does_not_report_the_failure_again(loop, certs):
+    # The dead session cannot encrypt: that write must not call on_tls_error again
+    # (which wrote again: a RecursionError, and a close reason naming the wrong error).
+    class Apologises(Peer):
+        def on_tls_error(self, exc: Exception) -> None:
+            self.log.append(("error", type(exc).__name__))
+            self.log.append(("write", self.write(b"sorry")))
+
+    failures: list[Any] = []
+    loop.set_exception_handler(lambda lp, ctx: failures.append(ctx["exception"]))
+    a, b = socket.socketpair()
+    obj = Apologises(a, loop=loop)
+    obj.start_tls(server_context(certs), server_side=True)
+    b.sendall(b"GET / HTTP/1.0\r\n\r\n")  # plaintext where a ClientHello belongs
+    run_until(loop, lambda: obj.closed, 2)
+    b.close()
+    assert failures == []
+    assert obj.log == [("error", "SSLError"), ("write", False)]
+    assert obj.close_reason == "tls_error: HTTP_REQUEST"

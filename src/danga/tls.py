@@ -113,6 +113,7 @@ class TLSEngine:
     __slots__ = (
         "eof",
         "established",
+        "failed",
         "failure",
         "held",
         "incoming",
@@ -138,6 +139,7 @@ class TLSEngine:
         self.shutdown_timeout = shutdown_timeout
         self.established = False
         self.eof = False  # the peer's close_notify was read
+        self.failed = False  # the session failed: on_tls_error was called (once)
         # The last decrypt wanted more ciphertext than the BIO had (OpenSSL takes a
         # partial record out of the BIO, so bytes left there are whole records; the
         # flag keeps a stray remainder from being announced as plaintext regardless).
@@ -513,8 +515,9 @@ class TLSEngine:
         sock.close("tls_truncated")
 
     def _fail(self, sock: Socket, exc: BaseException) -> None:
-        if sock.closed:
-            return
+        if sock.closed or self.failed:
+            return  # (a write in on_tls_error fails too: reported once, not recursively)
+        self.failed = True
         self.established = False  # no close_notify on a failed session
         self.held = None
         try:
