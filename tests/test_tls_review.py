@@ -215,3 +215,22 @@ def test_a_write_in_on_tls_error_does_not_report_the_failure_again(loop, certs):
     assert failures == []
     assert obj.log == [("error", "SSLError"), ("write", False)]
     assert obj.close_reason == "tls_error: HTTP_REQUEST"
+
+
+def test_a_held_callable_that_raises_does_not_hold_later_writes_for_ever(loop, certs):
+    # A callable written during the handshake runs when the held writes are released;
+    # if it raises, what follows it, on_tls_handshake and every later write still go.
+    def fails() -> None:
+        raise ValueError("held callable fails")
+
+    failures: list[Any] = []
+    loop.set_exception_handler(lambda lp, ctx: failures.append(ctx["exception"]))
+    a, b = socket.socketpair()
+    srv, cli = Peer(a, loop=loop), Peer(b, loop=loop)
+    srv.start_tls(server_context(certs), server_side=True)
+    cli.start_tls(client_context(certs), server_side=False, server_hostname="localhost")
+    assert [cli.write(b"a"), cli.write(fails), cli.write(b"b")] == [False] * 3
+    run_until(loop, lambda: srv.got == b"ab" and cli.log == ["handshake"], 2)
+    cli.write(b"c")
+    run_until(loop, lambda: srv.got == b"abc", 2)
+    assert [str(exc) for exc in failures] == ["held callable fails"]

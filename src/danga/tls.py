@@ -30,7 +30,7 @@ Socket names used here (Socket's own, as a subclass uses them;
 docs/internals.md#architecture): ``_tls``, ``_pb``, ``_pb_size``, ``_wbuf``, ``_event_watch``,
 ``_ident`` and ``_lost_fd()`` (a close never lingers on an fd lost behind its back),
 ``_raw_read()``, ``connecting``, ``_conn`` (through ``Connecting._connect_reclass``),
-and the loop's ``_push_back`` and ``_owned``.
+and the loop's ``_push_back``, ``_owned`` and ``_callback_failed()``.
 """
 
 from __future__ import annotations
@@ -440,7 +440,13 @@ class TLSEngine:
             elif item.__class__ is _FilePump:
                 self._start_pump(sock, item)
             else:
-                Socket.write(sock, item)
+                try:
+                    Socket.write(sock, item)
+                except Exception as exc:
+                    # Reported as a failed callback (the default handler closes the
+                    # object); raised from here it would leave the writes after it, and
+                    # every later one, held for ever.
+                    sock.loop._callback_failed(exc, sock, item, "a write() callable")
         if (not held and self.held is held and self.established and not self.want_read
                 and self.pump is None):
             self.held = None
