@@ -150,8 +150,9 @@ class TLSEngine:
         # (pending() is asked only then; a shorter read emptied the record).
         self.more = False
         # A read that gathered several records stopped at the peer's close_notify or at
-        # an error: the next read() meets it (OpenSSL repeats both), so it is announced
-        # like plaintext, though the kernel may have nothing more to say.
+        # an error: the next read() meets it (OpenSSL repeats close_notify; the error is
+        # kept in ``failure``), so it is announced like plaintext, though the kernel may
+        # have nothing more to say.
         self.tail = False
         # The error that stopped such a read: OpenSSL does not repeat it (its next read
         # says EOF), so the next read raises it again from here.
