@@ -25,8 +25,12 @@ for speed (or because one job spans two modules) and listed here only:
   is scheduled (two attribute reads instead of a call per iteration).
 - TLS (``tls.py``), one job spanning the Socket and its engine: the engine reads and
   writes a Socket's ``_tls``, ``_pb`` / ``_pb_size`` (its plaintext joins the push-back
-  re-fire), ``_wbuf`` (ciphertext goes into the ordinary write queue), ``_event_watch``
-  and ``_raw_read()``, ``Loop._push_back``, and ``connect.py``'s ``Connecting`` names
+  re-fire), ``_wbuf`` (ciphertext goes into the ordinary write queue), ``_event_watch``,
+  ``_ident`` and ``_lost_fd()`` (a close's stand-in never takes a lost fd) and
+  ``_raw_read()``, ``Loop._push_back``, ``Loop._callback_failed()`` (a held write
+  callable that raises) and ``Loop._owned`` (the stand-in that finishes a TLS close
+  joins it: the loop's ``close()``/``reset()`` close it), and
+  ``connect.py``'s ``Connecting`` names
   ``_conn``, ``_connect_reclass`` and ``_connect_wants_read`` (TLS started while a
   connect is in flight).
 

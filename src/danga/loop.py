@@ -139,6 +139,9 @@ class Loop:
         self._push_back: dict[int, Socket] = {}
         self._to_close: deque[tuple[Socket, Any]] = deque()
         self._plc: dict[Socket, PostLoopCallback] = {}
+        # Sockets danga opened for itself that nobody else can close (the stand-in that
+        # finishes a TLS close, tls.py): close() closes them, reset() closes their fds.
+        self._owned: set[Socket] = set()
         self._post_loop_callback: PostLoopCallback | None = None
         self._loop_timeout: float | None = None  # seconds; None blocks (Danga's -1)
         #: ``time.monotonic()`` when the last poll returned: a clock read once per
@@ -742,6 +745,11 @@ class Loop:
             OSError: the fresh poller or wakeup channel cannot be created.
         """
         cls = _backends.choose(self._spec)
+        for obj in list(self._owned):  # forgotten below, and nobody else can close them
+            raw = obj.steal_socket()  # (a forked child never touches the parent's poller)
+            if raw is not None:
+                raw.close()
+        self._owned.clear()
         reg = self._registry
         reg.reset(cls)
         self._push_back.clear()
@@ -784,6 +792,9 @@ class Loop:
             raise RuntimeError("cannot close a running danga.Loop (close() was called "
                                "during run() or run_once()); call stop() and close it "
                                "after run() returns")
+        for obj in list(self._owned):  # their timers are dropped below
+            obj.close("loop_closed")
+        self._owned.clear()
         self._reap()
         self._timers.clear()
         self._timers.waker = None

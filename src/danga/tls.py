@@ -28,8 +28,9 @@ is how the re-fire sees progress.
 
 Socket names used here (Socket's own, as a subclass uses them;
 docs/internals.md#architecture): ``_tls``, ``_pb``, ``_pb_size``, ``_wbuf``, ``_event_watch``,
+``_ident`` and ``_lost_fd()`` (a close never lingers on an fd lost behind its back),
 ``_raw_read()``, ``connecting``, ``_conn`` (through ``Connecting._connect_reclass``),
-and the loop's ``_push_back``.
+and the loop's ``_push_back``, ``_owned`` and ``_callback_failed()``.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from .loop import logger
-from .poller import READ
+from .poller import READ, fd_identity
 from .socket import MAX_READ, Socket
 
 if TYPE_CHECKING:
@@ -112,6 +113,8 @@ class TLSEngine:
     __slots__ = (
         "eof",
         "established",
+        "failed",
+        "failure",
         "held",
         "incoming",
         "more",
@@ -136,6 +139,7 @@ class TLSEngine:
         self.shutdown_timeout = shutdown_timeout
         self.established = False
         self.eof = False  # the peer's close_notify was read
+        self.failed = False  # the session failed: on_tls_error was called (once)
         # The last decrypt wanted more ciphertext than the BIO had (OpenSSL takes a
         # partial record out of the BIO, so bytes left there are whole records; the
         # flag keeps a stray remainder from being announced as plaintext regardless).
@@ -146,9 +150,13 @@ class TLSEngine:
         # (pending() is asked only then; a shorter read emptied the record).
         self.more = False
         # A read that gathered several records stopped at the peer's close_notify or at
-        # an error: the next read() meets it (OpenSSL repeats both), so it is announced
-        # like plaintext, though the kernel may have nothing more to say.
+        # an error: the next read() meets it (OpenSSL repeats close_notify; the error is
+        # kept in ``failure``), so it is announced like plaintext, though the kernel may
+        # have nothing more to say.
         self.tail = False
+        # The error that stopped such a read: OpenSSL does not repeat it (its next read
+        # says EOF), so the next read raises it again from here.
+        self.failure: ssl.SSLError | None = None
         self.user_read = False  # the object's own wish to watch read
         self.want_read = False  # a write waits for the peer (renegotiation)
         # Plaintext (bytes), callables and file regions written while writes cannot be
@@ -210,7 +218,7 @@ class TLSEngine:
             return True  # read() keeps returning EOF, as on a plain socket
         self.tail = False
         try:
-            data = self.obj.read(RECORD)
+            data = self._obj_read(RECORD)
             self.more = len(data) == RECORD
         except ssl.SSLWantReadError:
             self.starved = True
@@ -270,7 +278,7 @@ class TLSEngine:
         self.tail = False
         while True:
             try:
-                data = self.obj.read(n)
+                data = self._obj_read(n)
                 self.more = len(data) == n
                 if data and len(data) < n:
                     data = self._top_up(sock, data, n)
@@ -304,6 +312,14 @@ class TLSEngine:
             self.after_event(sock)
         return data
 
+    def _obj_read(self, n: int) -> bytes:
+        # SSLObject.read, after the error a gathering read stopped at (see _top_up).
+        exc = self.failure
+        if exc is not None:
+            self.failure = None
+            raise exc
+        return self.obj.read(n)
+
     def _top_up(self, sock: Socket, data: bytes, n: int) -> bytes:
         """*data* and the records after it that the incoming BIO already holds, up to *n*
         bytes in all, with no system call. ``SSLObject.read`` gives one record (16 KiB
@@ -318,9 +334,10 @@ class TLSEngine:
             except ssl.SSLWantReadError:
                 self.starved = True  # no whole record left: the poller says when
                 break
-            except ssl.SSLError:
-                # OpenSSL's errors are sticky: the next read() meets this one again and
-                # handles it (truncation, a bad record) after this data is delivered.
+            except ssl.SSLError as exc:
+                # Handled by the next read(), after this data is delivered: OpenSSL does
+                # not repeat it (a bad record would be taken for truncation).
+                self.failure = exc
                 self.tail = True
                 break
             if not more:  # close_notify: the next read() gets b"" again, and EOF
@@ -343,7 +360,8 @@ class TLSEngine:
             self._flush(sock)
             return False
         except (ssl.SSLError, ssl.CertificateError) as exc:
-            self._flush(sock)  # the alert that tells the peer why
+            # The alert that tells the peer why is sent by the close, after on_tls_error:
+            # sent first, a peer that has left would turn the failure into "EPIPE".
             self._fail(sock, exc)
             return False
         self._flush(sock)
@@ -423,7 +441,13 @@ class TLSEngine:
             elif item.__class__ is _FilePump:
                 self._start_pump(sock, item)
             else:
-                Socket.write(sock, item)
+                try:
+                    Socket.write(sock, item)
+                except Exception as exc:
+                    # Reported as a failed callback (the default handler closes the
+                    # object); raised from here it would leave the writes after it, and
+                    # every later one, held for ever.
+                    sock.loop._callback_failed(exc, sock, item, "a write() callable")
         if (not held and self.held is held and self.established and not self.want_read
                 and self.pump is None):
             self.held = None
@@ -498,13 +522,16 @@ class TLSEngine:
         sock.close("tls_truncated")
 
     def _fail(self, sock: Socket, exc: BaseException) -> None:
-        if sock.closed:
-            return
+        if sock.closed or self.failed:
+            return  # (a write in on_tls_error fails too: reported once, not recursively)
+        self.failed = True
         self.established = False  # no close_notify on a failed session
         self.held = None
-        sock.on_tls_error(exc)  # type: ignore[arg-type]
-        if not sock.closed:
-            sock.close(error_reason(exc))
+        try:
+            sock.on_tls_error(exc)  # type: ignore[arg-type]
+        finally:  # also when the override raises: the session is unusable
+            if not sock.closed:
+                sock.close(error_reason(exc))
 
     def close(self, sock: Socket, reason: str | None) -> None:
         """Close *sock*: close_notify once, after what is queued, within the shutdown
@@ -513,23 +540,31 @@ class TLSEngine:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        notify = b""
         if self.established and not self.held and self.pump is None:
             try:
                 self.obj.unwrap()
             except (ssl.SSLError, ValueError, OSError):
                 pass  # wants the peer's reply (never waited for), or the peer is gone
-            if self.outgoing.pending:
-                notify = self.outgoing.read()
+        # close_notify, or the alert of a failure (_fail left it here).
+        notify = self.outgoing.read() if self.outgoing.pending else b""
         self.held = None
         self.pump = None
         # Through the write queue (a writer function still applies); usually one send.
-        if not notify or Socket.write(sock, notify) or sock.closed:
+        # (A closed loop takes no stand-in: the queue is dropped, as close() drops it.)
+        if (not notify or Socket.write(sock, notify) or sock.closed
+                or sock.loop.closed):
             if not sock.closed:
                 Socket.close(sock, reason)
             sock.close_reason = reason  # also when sending close_notify failed
             return
-        # The queue (close_notify last) is not all out: a stand-in finishes sending it.
+        # The queue (close_notify last) is not all out: a stand-in finishes sending it,
+        # if the fd is still the object's (never one closed behind danga's back, or its
+        # number now another file's: that is not danga's to write to, or to close).
+        ident = fd_identity(sock.fd)
+        if ident is None or (sock._ident and ident != sock._ident):
+            sock._lost_fd()
+            sock.close_reason = reason
+            return
         queue = [item for item in (sock._wbuf or ()) if not callable(item)]
         loop = sock.loop
         raw = Socket.steal_socket(sock)
@@ -561,6 +596,7 @@ class _Linger(Socket):
 
     def __init__(self, sock: Any, loop: Any, queue: list[Any], timeout: float) -> None:
         super().__init__(sock, loop=loop)
+        loop._owned.add(self)  # loop.close() and reset() close it (nobody else can)
         self._timer = loop.add_timer(timeout, self.close, "tls_shutdown_timeout")
         for item in queue:
             self.write(item)
@@ -577,6 +613,7 @@ class _Linger(Socket):
 
     def close(self, reason: str | None = None) -> None:
         self._timer.cancel()
+        self.loop._owned.discard(self)
         super().close(reason)
 
 
@@ -657,10 +694,14 @@ def _tls_class(cls: type[Socket]) -> type[Socket]:
         if engine is None:
             cls.event_read(self)
             return
-        if engine.readable(self) and engine.user_read and not self.closed:
-            cls.event_read(self)  # the object's own, looked up now (it may be replaced)
-        if self._tls is engine:
-            engine.after_event(self)
+        try:
+            if engine.readable(self) and engine.user_read and not self.closed:
+                cls.event_read(self)  # the object's own, looked up now (it may be replaced)
+        finally:
+            # Also after an exception: plaintext already decrypted is invisible to the
+            # poller, and would wait for the peer's next record.
+            if self._tls is engine:
+                engine.after_event(self)
 
     namespace: dict[str, Any] = {
         "__slots__": (),
