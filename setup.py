@@ -106,9 +106,10 @@ typedef struct {
 static danga_cache_entry danga_cache[DANGA_CACHE_SIZE];
 
 /* The entry of (type(obj), name), filled on a miss; NULL if the type has no valid
-   version tag or another attribute lookup than the default one. The names are the
-   module's interned constants, alive as long as the module; descr is borrowed from the
-   type's dict, which keeps it while the tag is unchanged. */
+   version tag or another attribute lookup than the default one. The entry holds a
+   reference to its name: a name is compared by address, and a freed one's address may
+   be the next string's (getattr() with a name made at run time). descr is borrowed
+   from the type's dict, which keeps it while the tag is unchanged. */
 static danga_cache_entry *danga_cache_get(PyObject *obj, PyObject *name) {
     PyTypeObject *tp = Py_TYPE(obj);
     danga_cache_entry *e;
@@ -126,7 +127,10 @@ static danga_cache_entry *danga_cache_get(PyObject *obj, PyObject *name) {
         PyTypeObject *dt = Py_TYPE(descr);
         if (dt == &PyMemberDescr_Type) {
             PyMemberDef *m = ((PyMemberDescrObject *)descr)->d_member;
-            if (m->type == T_OBJECT_EX && m->flags == 0)
+            /* Only a slot of tp or of a base: another type's slot descriptor stored in
+               tp's dict has its offset in another layout (its __get__ raises). */
+            if (m->type == T_OBJECT_EX && m->flags == 0 &&
+                    PyType_IsSubtype(tp, PyDescr_TYPE(descr)))
                 kind = m->offset;
         } else if ((dt->tp_flags & Py_TPFLAGS_METHOD_DESCRIPTOR) && tp->tp_dictoffset == 0
                    && !(tp->tp_flags & DANGA_MANAGED_DICT)) {
@@ -141,8 +145,9 @@ static danga_cache_entry *danga_cache_get(PyObject *obj, PyObject *name) {
     }
     if (!(tp->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG))
         return NULL;
+    Py_INCREF(name);
+    Py_XSETREF(e->name, name); /* freeing a str runs no Python code */
     e->version = tp->tp_version_tag;
-    e->name = name;
     e->kind = kind;
     e->descr = descr;
     return e;

@@ -1,0 +1,44 @@
+"""The compiled core's attribute cache (docs/internals.md#compiled-core) must read
+exactly what Python reads. ``danga.loop``'s profiling proxy forwards any attribute name
+to the object it wraps through the compiled ``getattr``, so it reaches the cache with
+names and types of the test's choosing. Every test here passes on the pure core too."""
+
+from __future__ import annotations
+
+import pytest
+
+from danga.loop import _Profiled
+
+# Longer than any name CPython's own type cache keeps a reference to: nothing but the
+# caller holds such a name, and a freed one's memory goes to the next string.
+LONG = 120
+
+
+def _forwarded(obj: object, name: str) -> object:
+    return _Profiled.__getattr__(_Profiled(obj, {}), name)
+
+
+def test_a_freed_name_is_never_another_names_entry():
+    cls = type("Long", (), {"__slots__": ("a" * LONG, "b" * LONG)})
+    obj = cls()
+    setattr(obj, "a" * LONG, "A")
+    setattr(obj, "b" * LONG, "B")
+    assert obj.__class__ is cls  # a version tag for cls
+    for _ in range(20):
+        assert _forwarded(obj, "a" * LONG) == "A"
+        assert _forwarded(obj, "b" * LONG) == "B"  # often at the freed a-name's address
+
+
+def test_a_slot_descriptor_of_another_class_is_checked():
+    class Owner:
+        __slots__ = ("p1", "p2", "p3", "x")
+
+    class Other:  # a slot at the offset Owner keeps x at
+        __slots__ = ("c1", "c2", "c3", "c4", "c5")
+
+    Other.y = Owner.__dict__["x"]  # type: ignore[attr-defined]
+    obj = Other()
+    obj.c1 = obj.c2 = obj.c3 = obj.c4 = obj.c5 = "other's slot"
+    for _ in range(3):
+        with pytest.raises(TypeError, match="doesn't apply to a 'Other' object"):
+            _forwarded(obj, "y")
