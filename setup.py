@@ -16,6 +16,7 @@ Everything else about the package is in pyproject.toml.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import warnings
@@ -57,6 +58,10 @@ def _extensions() -> list[Extension]:
         return []
     exts = [Extension(name, ["src/" + name.replace(".", "/") + ".py"])
             for name in COMPILED]
+    for name in COMPILED:  # patched by another setup.py: generate it anew
+        generated = Path("build/cython/src", name.replace(".", "/") + ".c")  # as cythonize
+        if generated.exists() and ATTR_CACHE_MARK not in generated.read_text("utf-8"):
+            generated.unlink()
     try:
         return cythonize(
             exts,
@@ -87,7 +92,7 @@ def _extensions() -> list[Extension]:
 # gives a changed type a new tag, never an old one again. Anything else takes the
 # generic path. docs/internals.md#compiled-core
 ATTR_CACHE_C = r"""
-/* danga's attribute cache (setup.py) */
+/* danga's attribute cache (setup.py) @HASH@ */
 #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030B0000 && \
     PY_VERSION_HEX < 0x030F0000 && !defined(Py_GIL_DISABLED)
 #include "structmember.h"
@@ -115,8 +120,9 @@ static danga_cache_entry *danga_cache_get(PyObject *obj, PyObject *name) {
     danga_cache_entry *e;
     PyObject *descr;
     Py_ssize_t kind = DANGA_OTHER;
+    /* A tag of 0 is none (a CPython that stops keeping the flag still clears it) */
     if (tp->tp_getattro != PyObject_GenericGetAttr ||
-            !(tp->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG))
+            !(tp->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG) || tp->tp_version_tag == 0)
         return NULL;
     e = &danga_cache[(((size_t)name >> 4) ^ ((size_t)tp->tp_version_tag * 2654435761u))
                      & (DANGA_CACHE_SIZE - 1)];
@@ -143,7 +149,7 @@ static danga_cache_entry *danga_cache_get(PyObject *obj, PyObject *name) {
                 kind = DANGA_CLASS;
         }
     }
-    if (!(tp->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG))
+    if (!(tp->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG) || tp->tp_version_tag == 0)
         return NULL;
     Py_INCREF(name);
     Py_XSETREF(e->name, name); /* freeing a str runs no Python code */
@@ -196,6 +202,11 @@ static PyObject *danga_call_method(PyObject *name, PyObject *const *args, size_t
 #define DANGA_ATTR_CACHE 1
 #endif
 """
+# The patch is named by a hash of its text: a generated file patched by an earlier
+# setup.py is generated anew (cythonize alone regenerates only after a .py changed).
+ATTR_CACHE_C = ATTR_CACHE_C.replace(
+    "@HASH@", hashlib.sha256(ATTR_CACHE_C.encode()).hexdigest()[:16])
+ATTR_CACHE_MARK = ATTR_CACHE_C.splitlines()[1]
 _GETATTR_PROTO = ("static CYTHON_INLINE PyObject* __Pyx_PyObject_GetAttrStr(PyObject* obj, "
                   "PyObject* attr_name);\n")
 _GETATTR = ("static CYTHON_INLINE PyObject* __Pyx_PyObject_GetAttrStr(PyObject* obj, "
@@ -217,7 +228,7 @@ def _add_attr_cache(c_file: str) -> None:
     call in *c_file* (once). A Cython whose generated code looks different keeps its
     own, with a warning: slower, never wrong."""
     text = Path(c_file).read_text(encoding="utf-8")
-    if "danga's attribute cache" in text:
+    if ATTR_CACHE_MARK in text:
         return
     if text.count(_GETATTR_PROTO) != 1 or text.count(_GETATTR) != 1:
         warnings.warn(f"danga: no attribute cache in {c_file} (Cython's generated attribute "

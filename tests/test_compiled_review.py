@@ -42,3 +42,23 @@ def test_a_slot_descriptor_of_another_class_is_checked():
     for _ in range(3):
         with pytest.raises(TypeError, match="doesn't apply to a 'Other' object"):
             _forwarded(obj, "y")
+
+
+def test_types_without_a_version_tag_share_no_entry():
+    # CPython gives a class modified too often no version tag any more (3.12+): two
+    # such classes must not meet in the cache under the same (missing) tag.
+    name = "slot"
+    classes = [type(f"Worn{i}", (), {"__slots__": (*(f"pad{j}" for j in range(i)), name)})
+               for i in range(2)]
+    objs = []
+    for i, cls in enumerate(classes):
+        for n in range(1100):
+            cls.churn = n  # type: ignore[attr-defined]
+            assert cls.churn == n  # type: ignore[attr-defined]  # a new tag, each time
+        obj = cls()
+        setattr(obj, name, i)
+        for j in range(i):
+            setattr(obj, f"pad{j}", "pad")
+        objs.append(obj)
+    for _ in range(3):
+        assert [_forwarded(obj, name) for obj in objs] == [0, 1]
