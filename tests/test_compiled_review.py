@@ -5,8 +5,11 @@ names and types of the test's choosing. Every test here passes on the pure core 
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
+import danga
 from danga.loop import _Profiled
 
 # Longer than any name CPython's own type cache keeps a reference to: nothing but the
@@ -62,3 +65,22 @@ def test_types_without_a_version_tag_share_no_entry():
         objs.append(obj)
     for _ in range(3):
         assert [_forwarded(obj, name) for obj in objs] == [0, 1]
+
+
+@pytest.mark.xfail(danga.CORE == "compiled", strict=True,
+                   reason="Cython parses the arguments of a compiled function itself: its "
+                          "TypeError says 'read() takes exactly 2 positional arguments "
+                          "(1 given)', without the class or the missing argument's name")
+def test_a_missing_argument_is_named_as_python_names_it():
+    a, b = socket.socketpair()
+    lp = danga.Loop()
+    try:
+        obj = danga.Socket(a, loop=lp)
+        with pytest.raises(TypeError, match=r"Socket\.read\(\) missing 1 required positional "
+                                            r"argument: 'n'"):
+            obj.read()  # type: ignore[call-arg]
+        obj.close()
+    finally:
+        lp.close()
+        a.close()
+        b.close()
