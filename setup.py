@@ -89,8 +89,10 @@ def _extensions() -> list[Extension]:
 # read and method call: (type version tag, attribute name) -> what the name is on that
 # type (a slot's offset, object's __class__, a method of a type without an instance
 # dict). It is valid exactly as long as the type and its bases are unchanged: CPython
-# gives a changed type a new tag, never an old one again. Anything else takes the
-# generic path. docs/internals.md#compiled-core
+# gives a changed type a new tag, never an old one again. A slot is cached only for
+# a type of the layout its descriptor was made for, and an entry keeps its name alive
+# (names are compared by address). Anything else takes the generic path.
+# docs/internals.md#compiled-core
 ATTR_CACHE_C = r"""
 /* danga's attribute cache (setup.py) @HASH@ */
 #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030B0000 && \
