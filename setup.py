@@ -143,12 +143,10 @@ static danga_cache_entry *danga_cache_get(PyObject *obj, PyObject *name) {
         } else if ((dt->tp_flags & Py_TPFLAGS_METHOD_DESCRIPTOR) && tp->tp_dictoffset == 0
                    && !(tp->tp_flags & DANGA_MANAGED_DICT)) {
             kind = DANGA_METHOD;
-        } else if (PyUnicode_CompareWithASCIIString(name, "__class__") == 0) {
-            PyObject *base = PyDict_GetItemWithError(PyBaseObject_Type.tp_dict, name);
-            if (base == NULL)
-                PyErr_Clear();
-            else if (descr == base)
-                kind = DANGA_CLASS;
+        } else if (PyUnicode_CompareWithASCIIString(name, "__class__") == 0 &&
+                   descr == _PyType_Lookup(&PyBaseObject_Type, name)) {
+            /* not object's tp_dict: NULL for a static builtin type on 3.12+ */
+            kind = DANGA_CLASS;
         }
     }
     if (!(tp->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG) || tp->tp_version_tag == 0)

@@ -67,6 +67,17 @@ def test_types_without_a_version_tag_share_no_entry():
         assert [_forwarded(obj, name) for obj in objs] == [0, 1]
 
 
+def test_class_of_a_builtin_and_of_a_slotted_object():
+    # object.__class__, cached as the object's type (Python 3.12+ keeps the dict of a
+    # builtin type elsewhere than its tp_dict).
+    class Slotted:
+        __slots__ = ()
+
+    for obj in (5, b"", Slotted(), Slotted):
+        for _ in range(2):
+            assert _forwarded(obj, "__class__") is type(obj)
+
+
 @pytest.mark.xfail(danga.CORE == "compiled", strict=True,
                    reason="Cython parses the arguments of a compiled function itself: its "
                           "TypeError says 'read() takes exactly 2 positional arguments "
