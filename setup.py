@@ -16,6 +16,7 @@ Everything else about the package is in pyproject.toml.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import warnings
@@ -57,6 +58,10 @@ def _extensions() -> list[Extension]:
         return []
     exts = [Extension(name, ["src/" + name.replace(".", "/") + ".py"])
             for name in COMPILED]
+    for name in COMPILED:  # patched by another setup.py: generate it anew
+        generated = Path("build/cython/src", name.replace(".", "/") + ".c")  # as cythonize
+        if generated.exists() and ATTR_CACHE_MARK not in generated.read_text("utf-8"):
+            generated.unlink()
     try:
         return cythonize(
             exts,
@@ -84,10 +89,12 @@ def _extensions() -> list[Extension]:
 # read and method call: (type version tag, attribute name) -> what the name is on that
 # type (a slot's offset, object's __class__, a method of a type without an instance
 # dict). It is valid exactly as long as the type and its bases are unchanged: CPython
-# gives a changed type a new tag, never an old one again. Anything else takes the
-# generic path. docs/internals.md#compiled-core
+# gives a changed type a new tag, never an old one again. A slot is cached only for
+# a type of the layout its descriptor was made for, and an entry keeps its name alive
+# (names are compared by address). Anything else takes the generic path.
+# docs/internals.md#compiled-core
 ATTR_CACHE_C = r"""
-/* danga's attribute cache (setup.py) */
+/* danga's attribute cache (setup.py) @HASH@ */
 #if CYTHON_COMPILING_IN_CPYTHON && PY_VERSION_HEX >= 0x030B0000 && \
     PY_VERSION_HEX < 0x030F0000 && !defined(Py_GIL_DISABLED)
 #include "structmember.h"
@@ -106,16 +113,18 @@ typedef struct {
 static danga_cache_entry danga_cache[DANGA_CACHE_SIZE];
 
 /* The entry of (type(obj), name), filled on a miss; NULL if the type has no valid
-   version tag or another attribute lookup than the default one. The names are the
-   module's interned constants, alive as long as the module; descr is borrowed from the
-   type's dict, which keeps it while the tag is unchanged. */
+   version tag or another attribute lookup than the default one. The entry holds a
+   reference to its name: a name is compared by address, and a freed one's address may
+   be the next string's (getattr() with a name made at run time). descr is borrowed
+   from the type's dict, which keeps it while the tag is unchanged. */
 static danga_cache_entry *danga_cache_get(PyObject *obj, PyObject *name) {
     PyTypeObject *tp = Py_TYPE(obj);
     danga_cache_entry *e;
     PyObject *descr;
     Py_ssize_t kind = DANGA_OTHER;
+    /* A tag of 0 is none (a CPython that stops keeping the flag still clears it) */
     if (tp->tp_getattro != PyObject_GenericGetAttr ||
-            !(tp->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG))
+            !(tp->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG) || tp->tp_version_tag == 0)
         return NULL;
     e = &danga_cache[(((size_t)name >> 4) ^ ((size_t)tp->tp_version_tag * 2654435761u))
                      & (DANGA_CACHE_SIZE - 1)];
@@ -126,23 +135,25 @@ static danga_cache_entry *danga_cache_get(PyObject *obj, PyObject *name) {
         PyTypeObject *dt = Py_TYPE(descr);
         if (dt == &PyMemberDescr_Type) {
             PyMemberDef *m = ((PyMemberDescrObject *)descr)->d_member;
-            if (m->type == T_OBJECT_EX && m->flags == 0)
+            /* Only a slot of tp or of a base: another type's slot descriptor stored in
+               tp's dict has its offset in another layout (its __get__ raises). */
+            if (m->type == T_OBJECT_EX && m->flags == 0 &&
+                    PyType_IsSubtype(tp, PyDescr_TYPE(descr)))
                 kind = m->offset;
         } else if ((dt->tp_flags & Py_TPFLAGS_METHOD_DESCRIPTOR) && tp->tp_dictoffset == 0
                    && !(tp->tp_flags & DANGA_MANAGED_DICT)) {
             kind = DANGA_METHOD;
-        } else if (PyUnicode_CompareWithASCIIString(name, "__class__") == 0) {
-            PyObject *base = PyDict_GetItemWithError(PyBaseObject_Type.tp_dict, name);
-            if (base == NULL)
-                PyErr_Clear();
-            else if (descr == base)
-                kind = DANGA_CLASS;
+        } else if (PyUnicode_CompareWithASCIIString(name, "__class__") == 0 &&
+                   descr == _PyType_Lookup(&PyBaseObject_Type, name)) {
+            /* not object's tp_dict: NULL for a static builtin type on 3.12+ */
+            kind = DANGA_CLASS;
         }
     }
-    if (!(tp->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG))
+    if (!(tp->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG) || tp->tp_version_tag == 0)
         return NULL;
+    Py_INCREF(name);
+    Py_XSETREF(e->name, name); /* freeing a str runs no Python code */
     e->version = tp->tp_version_tag;
-    e->name = name;
     e->kind = kind;
     e->descr = descr;
     return e;
@@ -191,6 +202,11 @@ static PyObject *danga_call_method(PyObject *name, PyObject *const *args, size_t
 #define DANGA_ATTR_CACHE 1
 #endif
 """
+# The patch is named by a hash of its text: a generated file patched by an earlier
+# setup.py is generated anew (cythonize alone regenerates only after a .py changed).
+ATTR_CACHE_C = ATTR_CACHE_C.replace(
+    "@HASH@", hashlib.sha256(ATTR_CACHE_C.encode()).hexdigest()[:16])
+ATTR_CACHE_MARK = ATTR_CACHE_C.splitlines()[1]
 _GETATTR_PROTO = ("static CYTHON_INLINE PyObject* __Pyx_PyObject_GetAttrStr(PyObject* obj, "
                   "PyObject* attr_name);\n")
 _GETATTR = ("static CYTHON_INLINE PyObject* __Pyx_PyObject_GetAttrStr(PyObject* obj, "
@@ -212,7 +228,7 @@ def _add_attr_cache(c_file: str) -> None:
     call in *c_file* (once). A Cython whose generated code looks different keeps its
     own, with a warning: slower, never wrong."""
     text = Path(c_file).read_text(encoding="utf-8")
-    if "danga's attribute cache" in text:
+    if ATTR_CACHE_MARK in text:
         return
     if text.count(_GETATTR_PROTO) != 1 or text.count(_GETATTR) != 1:
         warnings.warn(f"danga: no attribute cache in {c_file} (Cython's generated attribute "
