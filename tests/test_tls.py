@@ -811,6 +811,46 @@ def test_set_writer_func_keeps_its_meaning_on_ciphertext(loop, certs):
     assert cli.close_reason in ("eof", "event_hup")
 
 
+def test_listener_tls_starts_on_a_socket_object_the_fd_was_handed_to(loop, certs):
+    made: list[danga.Socket] = []
+
+    def factory(conn: socket.socket, *, loop: danga.Loop) -> danga.Socket:
+        obj = Echo(socket.socket(fileno=conn.detach()), loop=loop)
+        made.append(obj)
+        return obj
+
+    lsn = danga.Listener.bind(("127.0.0.1", 0), loop=loop, factory=factory,
+                              ssl=server_context(certs))
+
+    def client() -> bytes:
+        with tls_client(lsn.sock.getsockname()[1], client_context(certs)) as conn:
+            conn.sendall(b"over TLS")
+            return recv_exactly(conn, 8)
+
+    assert peer(client).finish(loop) == b"over TLS"
+    assert made[0].log[0] == ("handshake", "TLSv1.3")
+    lsn.close()
+
+
+def test_listener_tls_warns_when_a_dup_of_the_connection_is_used(loop, certs, caplog):
+    made: list[danga.Socket] = []
+
+    def factory(conn: socket.socket, *, loop: danga.Loop) -> danga.Socket:
+        obj = Echo(socket.fromfd(conn.fileno(), conn.family, conn.type), loop=loop)
+        conn.close()
+        made.append(obj)
+        return obj
+
+    lsn = danga.Listener.bind(("127.0.0.1", 0), loop=loop, factory=factory,
+                              ssl=server_context(certs))
+    with socket.create_connection(lsn.sock.getsockname()):
+        run_until(loop, lambda: made)
+    assert "TLS was not started" in caplog.text
+    assert made[0].tls is None
+    made[0].close()
+    lsn.close()
+
+
 def test_listener_tls_warns_when_on_accept_makes_no_socket(loop, certs, caplog):
     kept: list[socket.socket] = []
 

@@ -136,7 +136,7 @@ class Listener(Socket):
             self.on_accept(conn, addr)
         finally:
             left = TLS_PENDING.pop(fd, None)
-        if left is not None and conn.fileno() >= 0:
+        if left is not None:  # kept, handed elsewhere, or dup'd: never silently plain
             logger.warning("%s: on_accept made no danga.Socket of %r, so TLS was not "
                            "started on it", self.as_string(), addr)
 

@@ -231,7 +231,9 @@ class Socket(DangaNames, Connecting):
             self.set_idle_timeout(self.max_idle_time)
         if TLS_PENDING:  # Listener(ssl=...) / connect(ssl=...): TLS from the first write
             spec = TLS_PENDING.pop(fd, None)
-            if spec is not None and spec[0] is sock:
+            # The connection itself, or a new socket object its fd was handed to
+            # (socket.socket(fileno=conn.detach())): the same file, so TLS all the same.
+            if spec is not None and (spec[0] is sock or spec[0].fileno() < 0):
                 self.start_tls(spec[1], **spec[2])
 
     # -- the events (override these) -----------------------------------------------------
