@@ -21,8 +21,9 @@ from danga import _core
 from danga.testing import run_until
 from danga_helpers import nb_pair
 
-CHECK = ("import danga, sys; from danga import _core; import danga.backends.epoll, "
-         "danga.backends.poll; print(danga.CORE, _core.active(), "
+CHECK = ("import danga, importlib, sys; from danga import _core; "
+         "[importlib.import_module(m) for m in _core.COMPILED]; "
+         "print(danga.CORE, _core.active(), "
          "*sorted(sys.modules[m].__file__.rsplit('.', 1)[-1] for m in _core.COMPILED))")
 
 
