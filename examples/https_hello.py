@@ -228,8 +228,12 @@ def make_factory(context: ssl.SSLContext, read_size: int = 65536,
                    handshake_timeout=handshake_timeout, shutdown_timeout=shutdown_timeout)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="danga HTTPS server")
+def tls_server_arguments(description: str, argv: Sequence[str] | None
+                         ) -> tuple[argparse.Namespace, ssl.SSLContext]:
+    """The command line every TLS example server takes (certificate, address, backend,
+    read size, TLS timeouts, grace), parsed, and the server context it names (exits
+    with a usage error when the files cannot be loaded)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--cert", required=True, help="certificate chain (PEM)")
     parser.add_argument("--key", required=True, help="private key (PEM)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
@@ -243,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--shutdown-timeout", type=float, default=30.0,
                         help="give up delivering close_notify after this long (30s)")
     parser.add_argument("--grace", type=float, default=10.0,
-                        help="on SIGTERM/SIGINT, wait this long for responses (10s)")
+                        help="on SIGTERM/SIGINT, wait this long for replies (10s)")
     args = parser.parse_args(argv)
     if args.read_size < 1:
         parser.error("--read-size must be at least 1")
@@ -251,6 +255,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         ctx = server_context(args.cert, args.key)
     except (OSError, ssl.SSLError) as exc:
         parser.error(f"cannot load --cert/--key: {exc}")
+    return args, ctx
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, ctx = tls_server_arguments("danga HTTPS server", argv)
 
     loop = danga.Loop(args.backend)
     server = danga.Listener.bind(

@@ -46,7 +46,6 @@ What it shows:
 
 from __future__ import annotations
 
-import argparse
 import socket
 import ssl
 import sys
@@ -54,6 +53,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from echo import serve
+from https_hello import tls_server_arguments
 
 import danga
 
@@ -198,29 +198,7 @@ class SMTPServer(danga.Listener):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="danga STARTTLS (SMTP-style) server")
-    parser.add_argument("--cert", required=True, help="certificate chain (PEM)")
-    parser.add_argument("--key", required=True, help="private key (PEM)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
-    parser.add_argument("--port", type=int, default=0, help="port (0: pick a free one)")
-    parser.add_argument("--backend", default=None,
-                        help="danga backend (default: DANGA_BACKEND, else automatic)")
-    parser.add_argument("--read-size", type=int, default=65536,
-                        help="bytes asked of each read() (65536)")
-    parser.add_argument("--handshake-timeout", type=float, default=60.0,
-                        help="close a client whose handshake takes longer (60s)")
-    parser.add_argument("--shutdown-timeout", type=float, default=30.0,
-                        help="give up delivering close_notify after this long (30s)")
-    parser.add_argument("--grace", type=float, default=10.0,
-                        help="on SIGTERM/SIGINT, wait this long for replies (10s)")
-    args = parser.parse_args(argv)
-    if args.read_size < 1:
-        parser.error("--read-size must be at least 1")
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    try:
-        ctx.load_cert_chain(args.cert, args.key)
-    except (OSError, ssl.SSLError) as exc:
-        parser.error(f"cannot load --cert/--key: {exc}")
+    args, ctx = tls_server_arguments("danga STARTTLS (SMTP-style) server", argv)
 
     loop = danga.Loop(args.backend)
     server = SMTPServer(socket.create_server((args.host, args.port)), loop=loop,
